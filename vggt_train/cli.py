@@ -1,0 +1,58 @@
+"""The single `vggt-train` entry point: parses the subcommand and dispatches to the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+# The CLI only imports the module that is asked for, so `vggt-train --help` stays fast and a missing
+# optional dependency of one command never breaks the others.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
+}
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vggt-train",
+        description="Train and fine-tune VGGT on NPU, GPU and CPU clusters.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # argument definitions are attached lazily in main() to keep imports light
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command = argv[0]
+    if command not in SUBCOMMANDS:
+        parser.print_usage(sys.stderr)
+        print(f"vggt-train: error: unknown command {command!r}; choose from: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, help_text = SUBCOMMANDS[command]
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f"vggt-train {command}", description=help_text)
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except CLIError as exc:
+        print(f"vggt-train {command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
