@@ -1,0 +1,127 @@
+"""VGGT: the aggregator and its four heads (camera, depth, world points, tracks)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from vggt_train.model.aggregator import Aggregator
+from vggt_train.model.camera_head import CameraHead
+from vggt_train.model.config import VGGTConfig, config_from_dict, preset_config
+from vggt_train.model.dpt_head import DPTHead
+from vggt_train.model.track_head import TrackHead
+
+
+def _autocast_off(device_type: str):
+    """A context that runs the heads in float32 even inside a bf16/fp16 autocast region."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        return contextlib.nullcontext()
+
+
+class VGGT(nn.Module):
+    """Visual Geometry Grounded Transformer.
+
+    forward(images [S, 3, H, W] or [B, S, 3, H, W] in [0, 1], query_points [N, 2] or [B, N, 2] pixels) -> dict:
+    pose_enc [B, S, 9], pose_enc_list (per iteration), depth [B, S, H, W, 1], depth_conf [B, S, H, W],
+    world_points [B, S, H, W, 3], world_points_conf [B, S, H, W]; with query points also track [B, S, N, 2]
+    (last iteration), track_list, vis [B, S, N], conf [B, S, N].
+    """
+
+    def __init__(self, config: Optional[VGGTConfig] = None):
+        super().__init__()
+        self.config = config or VGGTConfig()
+        self.config.validate()
+        agg = self.config.aggregator
+        dim = 2 * agg.embed_dim  # heads read frame and global tokens concatenated
+        self.patch_size = agg.patch_size
+        self.aggregator = Aggregator(agg, self.config.resolved_patch_embed_vit())
+        c = self.config
+        self.camera_head = CameraHead(dim, c.camera_head) if c.camera_head else None
+        self.point_head = (
+            DPTHead(dim, agg.patch_size, output_dim=4, activation="inv_log", conf_activation="expp1", features=c.point_head.features,
+                    out_channels=c.point_head.out_channels, intermediate_layer_idx=c.point_head.intermediate_layer_idx)
+            if c.point_head else None
+        )
+        self.depth_head = (
+            DPTHead(dim, agg.patch_size, output_dim=2, activation="exp", conf_activation="expp1", features=c.depth_head.features,
+                    out_channels=c.depth_head.out_channels, intermediate_layer_idx=c.depth_head.intermediate_layer_idx)
+            if c.depth_head else None
+        )
+        self.track_head = TrackHead(dim, agg.patch_size, c.track_head) if c.track_head else None
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict | VGGTConfig) -> "VGGT":
+        """Build from a VGGTConfig or a nested dict (e.g. the parity fixtures' config.json)."""
+        return cls(config if isinstance(config, VGGTConfig) else config_from_dict(config))
+
+    @classmethod
+    def from_preset(cls, name: str, **disable_heads) -> "VGGT":
+        """Build a named preset (vggt_1b, small, tiny); e.g. from_preset("small", track_head=None) drops a head."""
+        config = preset_config(name)
+        for head, value in disable_heads.items():
+            if head not in ("camera_head", "depth_head", "point_head", "track_head") or value is not None:
+                raise ValueError(f"from_preset only accepts <head>=None to disable a head, got {head}={value!r}")
+            setattr(config, head, None)
+        return cls(config)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.aggregator.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute aggregator block activations in backward (on by default; applies in training mode only)."""
+        self.aggregator.gradient_checkpointing = bool(enabled)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def _check_inputs(self, images: torch.Tensor, query_points: Optional[torch.Tensor]):
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a tensor, got {type(images).__name__}")
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        if images.dim() != 5:
+            raise ValueError(f"images must be [S, 3, H, W] or [B, S, 3, H, W], got shape {tuple(images.shape)}")
+        B, S, C, H, W = images.shape
+        if C != 3:
+            raise ValueError(f"images must have 3 (RGB) channels in dim -3, got {C} (shape {tuple(images.shape)})")
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image height and width must be multiples of the patch size {p}, got {H}x{W}")
+        if S < 1 or B < 1:
+            raise ValueError(f"need at least one image, got shape {tuple(images.shape)}")
+        if query_points is not None:
+            if query_points.dim() == 2:
+                query_points = query_points.unsqueeze(0)
+            if query_points.dim() != 3 or query_points.shape[-1] != 2 or query_points.shape[0] != B:
+                raise ValueError(f"query_points must be [N, 2] or [B={B}, N, 2] pixel (x, y), got {tuple(query_points.shape)}")
+        return images, query_points
+
+    def forward(self, images: torch.Tensor, query_points: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        images, query_points = self._check_inputs(images, query_points)
+        tokens, patch_start_idx = self.aggregator(images)
+        out: Dict[str, torch.Tensor] = {}
+        with _autocast_off(images.device.type):
+            # the heads regress metric-scale geometry; they are kept in float32 for precision
+            tokens32 = [t.float() for t in tokens]
+            images32 = images.float()
+            if self.camera_head is not None:
+                poses = self.camera_head(tokens32)
+                out["pose_enc"] = poses[-1]
+                out["pose_enc_list"] = poses
+            if self.depth_head is not None:
+                out["depth"], out["depth_conf"] = self.depth_head(tokens32, images32, patch_start_idx)
+            if self.point_head is not None:
+                out["world_points"], out["world_points_conf"] = self.point_head(tokens32, images32, patch_start_idx)
+            if self.track_head is not None and query_points is not None:
+                tracks, vis, conf = self.track_head(tokens32, images32, patch_start_idx, query_points.float())
+                out["track"] = tracks[-1]
+                out["track_list"] = tracks
+                out["vis"] = vis
+                out["conf"] = conf
+        return out
