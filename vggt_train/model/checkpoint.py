@@ -52,23 +52,7 @@ def _torch_load_kwargs() -> dict:
     return kwargs
 
 
-def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, never executing code from it.
-
-    .safetensors is memory-mapped; .pt/.pth go through torch.load(weights_only=True, mmap=True) and may hold the
-    state dict directly or under a "model" (or "state_dict") key.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        obj = torch.load(str(path), **_torch_load_kwargs())
-    except Exception as exc:  # pickle.UnpicklingError for code, RuntimeError for a corrupt zip, ...
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+def _unwrap(obj, path: Path) -> Dict[str, torch.Tensor]:
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -82,34 +66,79 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def compare_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> LoadReport:
-    """Key and shape differences between a model and a state dict."""
-    expected = model.state_dict()
+class _CheckpointReader:
+    """Key -> tensor access to a checkpoint without materialising all of it at once."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {self.path}")
+        if self.path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                self._st = safe_open(str(self.path), framework="pt", device="cpu")
+            except Exception as exc:
+                raise ValueError(f"cannot read checkpoint {self.path}: {exc}") from exc
+            self._tensors = None
+            self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+        else:
+            try:
+                obj = torch.load(str(self.path), **_torch_load_kwargs())
+            except Exception as exc:  # pickle.UnpicklingError for code, RuntimeError for a corrupt zip, ...
+                raise ValueError(f"cannot read checkpoint {self.path}: {exc}") from exc
+            self._tensors = _unwrap(obj, self.path)
+            self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._st.get_tensor(key) if self._tensors is None else self._tensors[key]
+
+
+def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file, never executing code from it.
+
+    .safetensors is read with safetensors; .pt/.pth go through torch.load(weights_only=True, mmap=True) and may
+    hold the state dict directly or under a "model" (or "state_dict") key.
+    """
+    reader = _CheckpointReader(path)
+    return {k: reader.get(k) for k in reader.shapes}
+
+
+def compare_state_dict(model: nn.Module, state: Dict[str, torch.Tensor] | Dict[str, tuple]) -> LoadReport:
+    """Key and shape differences between a model and a state dict (or a dict of key -> shape)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
     report = LoadReport()
-    report.missing = sorted(k for k in expected if k not in state)
-    report.unexpected = sorted(k for k in state if k not in expected)
-    report.mismatched = sorted(
-        (k, tuple(state[k].shape), tuple(expected[k].shape)) for k in state if k in expected and state[k].shape != expected[k].shape
-    )
+    report.missing = sorted(k for k in expected if k not in found)
+    report.unexpected = sorted(k for k in found if k not in expected)
+    report.mismatched = sorted((k, found[k], expected[k]) for k in found if k in expected and found[k] != expected[k])
     return report
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadReport:
     """Load official VGGT weights (.pt/.pth/.safetensors) into `model`.
 
-    strict: any missing, unexpected or shape-mismatched key raises CheckpointMismatchError listing them by name.
-    Non-strict: loads the matching keys and warns with the report. Returns the LoadReport.
+    strict: any missing, unexpected or shape-mismatched key raises CheckpointMismatchError listing them by name,
+    and nothing is loaded. Non-strict: loads the matching keys and warns with the report. Returns the LoadReport.
+    Tensors are copied one at a time (or assigned, for a model built on the meta device), so a 1.2B checkpoint
+    is never held in memory next to a full copy of the model.
     """
-    state = read_state_dict(path)
-    report = compare_state_dict(model, state)
+    reader = _CheckpointReader(path)
+    report = compare_state_dict(model, reader.shapes)
     if not report.ok:
         message = f"checkpoint {path} does not match the model:\n{report.describe()}"
         if strict:
             raise CheckpointMismatchError(message)
         warnings.warn(message, stacklevel=2)
-    bad = {k for k, _, _ in report.mismatched}
-    usable = {k: v for k, v in state.items() if k not in bad and k not in report.unexpected}
-    model.load_state_dict(usable, strict=False)
+    skip = {k for k, _, _ in report.mismatched}
+    targets = model.state_dict()
+    keys = [k for k in reader.shapes if k in targets and k not in skip]
+    if any(t.is_meta for t in targets.values()):
+        model.load_state_dict({k: reader.get(k) for k in keys}, strict=False, assign=True)
+        return report
+    with torch.no_grad():
+        for key in keys:
+            targets[key].copy_(reader.get(key))
     return report
 
 

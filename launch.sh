@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# vggt-train's two commands. Both set up what is missing first (never replacing an installed torch:
+# Ascend users pin torch to their torch_npu build).
+#   ./launch.sh demo   small end-to-end run on the CPU
+#   ./launch.sh test   the whole test suite (extra arguments go to pytest)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+PYTHON="${PYTHON:-python3}"
+CPU_TORCH="torch==2.13.0"  # the CPU wheel these machines carry locally; an unpinned torch pulls a CUDA build
+
+log() { printf '[launch] %s\n' "$*"; }
+
+ensure_torch() {
+  if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    log "torch $("$PYTHON" -c 'import torch; print(torch.__version__)') already installed: keeping it"
+  else
+    log "no torch found: installing $CPU_TORCH (CPU build)"
+    "$PYTHON" -m pip install "$CPU_TORCH"
+  fi
+}
+
+ensure_package() {
+  # re-install only when pyproject.toml or the interpreter changed since the last successful install
+  local stamp=".launch-installed" want
+  want="$(cat pyproject.toml | cksum | cut -d' ' -f1)-$("$PYTHON" -c 'import sys; print(sys.executable)' | cksum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+     && "$PYTHON" -c "import vggt_train, accelerate, deepspeed, datasets, transformers, safetensors, pytest" >/dev/null 2>&1; then
+    return
+  fi
+  log "installing vggt-train and its dependencies (pip install -e .[dev])"
+  "$PYTHON" -m pip install -e ".[dev]"
+  echo "$want" > "$stamp"
+}
+
+setup() {
+  ensure_torch
+  ensure_package
+}
+
+cmd="${1:-help}"
+shift || true
+case "$cmd" in
+  test)
+    setup
+    log "running the test suite"
+    exec "$PYTHON" -m pytest tests -q "$@"
+    ;;
+  demo)
+    setup
+    log "demo: one forward/backward of the small preset on random images"
+    exec "$PYTHON" -m vggt_train model-info --preset small --images 2 --size 224x224 "$@"
+    ;;
+  help|-h|--help)
+    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+  *)
+    echo "unknown command '$cmd'; use: ./launch.sh demo | ./launch.sh test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,30 @@
+"""Shared test helpers: where the parity fixtures live, and small deterministic settings for a 2-core CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+# The repository's tests read the parity fixtures from the shared folder next to the checkout.
+PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
+
+torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    if not PARITY_DIR.is_dir():
+        pytest.fail(f"parity fixtures not found at {PARITY_DIR}: the tests expect ../shared next to the repository")
+    return PARITY_DIR
+
+
+def load_fixture(name: str):
+    """(config dict, weights, inputs, outputs) of one parity fixture."""
+    from safetensors.torch import load_file
+
+    root = PARITY_DIR / name
+    config = json.loads((root / "config.json").read_text())
+    return config, load_file(str(root / "weights.safetensors")), load_file(str(root / "inputs.safetensors")), load_file(str(root / "outputs.safetensors"))

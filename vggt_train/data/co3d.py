@@ -1,0 +1,300 @@
+"""Read and validate one frame of the raw Co3D layout (annotations, JPEG, fp16-in-PNG depth, mask).
+
+Everything here is plain numpy + Pillow so that spawned conversion workers start fast (no `datasets` import).
+Bad input is reported as `BadInput(path, reason, detail)`; the caller decides to skip or to stop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "test")
+
+# The 41 categories the official VGGT recipe trains on.
+CO3D_TRAIN_CATEGORIES = (
+    "apple backpack banana baseballbat baseballglove bench bicycle bottle bowl broccoli cake car carrot cellphone "
+    "chair cup donut hairdryer handbag hydrant keyboard laptop microwave motorcycle mouse orange parkingmeter pizza "
+    "plant stopsign teddybear toaster toilet toybus toyplane toytrain toytruck tv umbrella vase wineglass"
+).split()
+
+# Reason codes written to report.json; the keys are stable (scripts may group by them).
+REASONS = {
+    "malformed_annotation_file": "annotation file is not gzip'd JSON of {sequence: [frame, ...]}",
+    "bad_annotation": "annotation entry lacks filepath/extri/intri or has the wrong shape",
+    "unsafe_filepath": "annotation filepath is absolute, contains '..' or is not <category>/<sequence>/images/*.jpg",
+    "bad_camera": "camera is non-finite or singular",
+    "missing_image": "image file does not exist",
+    "corrupt_image": "image cannot be decoded",
+    "missing_depth": "depth file does not exist",
+    "corrupt_depth": "depth PNG cannot be decoded or is not 16-bit",
+    "missing_mask": "depth mask file does not exist",
+    "corrupt_mask": "depth mask PNG cannot be decoded",
+    "size_mismatch": "image, depth and mask sizes differ",
+    "too_few_frames": "sequence fell below --min-frames after skipping bad frames",
+}
+
+_PNG_IEND = b"IEND\xaeB`\x82"
+DEPTH_MAX_PERCENTILE = 98.0
+JPEG_QUALITY = 95
+
+
+class BadInput(Exception):
+    """One bad input file or entry: `path` names it, `reason` is a key of REASONS, `detail` says what exactly."""
+
+    def __init__(self, path: str, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class Frame:
+    """One converted frame: image bytes [h, w] JPEG, depth float16 [h, w], extrinsic [3, 4], intrinsic [3, 3]."""
+
+    image_jpeg: bytes
+    depth: np.ndarray
+    extrinsic: np.ndarray
+    intrinsic: np.ndarray
+    original_size: tuple[int, int]  # (H, W) of the raw image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.depth.shape[0]), int(self.depth.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------- annotations
+def annotation_path(annotation_dir: str, category: str, split: str) -> str:
+    return os.path.join(annotation_dir, f"{category}_{split}.jgz")
+
+
+def find_categories(annotation_dir: str, splits: tuple[str, ...] | list[str]) -> list[str]:
+    """Categories having an annotation file `<category>_<split>.jgz` for at least one of `splits`, sorted."""
+    found = set()
+    for name in os.listdir(annotation_dir):
+        for split in splits:
+            suffix = f"_{split}.jgz"
+            if name.endswith(suffix) and len(name) > len(suffix):
+                found.add(name[: -len(suffix)])
+    return sorted(found)
+
+
+def load_annotation_file(path: str) -> dict[str, list[Any]]:
+    """{sequence_name: [frame entry, ...]} from a .jgz file; raises BadInput('malformed_annotation_file')."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(path, "malformed_annotation_file", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise BadInput(path, "malformed_annotation_file", "top level is not {sequence: [frames]}")
+    return data
+
+
+def frame_paths(co3d_dir: str, filepath: Any) -> tuple[str, str, str]:
+    """(image, depth, mask) paths of an annotation `filepath`; raises BadInput('unsafe_filepath').
+
+    Only the text of the path is checked (no symlink resolution), so a Co3D tree assembled from symlinks still works,
+    while an annotation cannot make the converter read outside `co3d_dir`.
+    """
+    if not isinstance(filepath, str) or not filepath:
+        raise BadInput(str(filepath), "bad_annotation", "filepath is not a non-empty string")
+    norm = filepath.replace("\\", "/")
+    parts = norm.split("/")
+    if os.path.isabs(filepath) or norm.startswith("/") or ".." in parts or (len(parts[0]) == 2 and parts[0][1] == ":"):
+        raise BadInput(filepath, "unsafe_filepath", "absolute or contains '..'")
+    if "/images/" not in norm or not norm.endswith(".jpg"):
+        raise BadInput(filepath, "unsafe_filepath", "expected <category>/<sequence>/images/<frame>.jpg")
+    image = os.path.join(co3d_dir, *parts)
+    # The official loader derives both paths by plain substitution; replicate it on the relative path.
+    depth = os.path.join(co3d_dir, *(norm.replace("/images", "/depths") + ".geometric.png").split("/"))
+    mask = os.path.join(co3d_dir, *norm.replace("/images", "/depth_masks").replace(".jpg", ".png").split("/"))
+    return image, depth, mask
+
+
+def check_camera(entry: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(extrinsic [3, 4], intrinsic [3, 3]) float64 from an annotation entry, or BadInput if unusable."""
+    try:
+        extri = np.asarray(entry["extri"], dtype=np.float64)
+        intri = np.asarray(entry["intri"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInput(where, "bad_annotation", f"extri/intri: {type(exc).__name__}: {exc}") from None
+    if extri.shape != (3, 4) or intri.shape != (3, 3):
+        raise BadInput(where, "bad_annotation", f"extri shape {extri.shape}, intri shape {intri.shape}")
+    if not (np.isfinite(extri).all() and np.isfinite(intri).all()):
+        raise BadInput(where, "bad_camera", "non-finite value in extri/intri")
+    rot = extri[:, :3]
+    # A rotation has det 1 and orthonormal rows; 1e-3 tolerates float32 round trips in the annotation files.
+    if abs(np.linalg.det(rot)) < 1e-6 or np.abs(rot @ rot.T - np.eye(3)).max() > 1e-3:
+        raise BadInput(where, "bad_camera", "extrinsic rotation is singular or not orthonormal")
+    if intri[0, 0] <= 0 or intri[1, 1] <= 0 or abs(np.linalg.det(intri)) < 1e-12 or np.abs(intri[2] - [0, 0, 1]).max() > 1e-9:
+        raise BadInput(where, "bad_camera", "intrinsic is singular (focal <= 0 or last row != [0, 0, 1])")
+    return extri, intri
+
+
+# ----------------------------------------------------------------------------------------------- files
+def _read_bytes(path: str, missing_reason: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadInput(path, missing_reason, "no such file") from None
+    except OSError as exc:
+        raise BadInput(path, missing_reason, f"{type(exc).__name__}: {exc}") from None
+
+
+def _decode(data: bytes, path: str, reason: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+        if draft_size is not None and img.format == "JPEG":
+            # DCT-domain downscaling: decodes the whole stream (truncation still detected) several times faster.
+            img.draft("RGB", draft_size)
+        img.load()
+        return img
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
+        raise BadInput(path, reason, f"{type(exc).__name__}: {exc}") from None
+
+
+def read_depth_png(path: str) -> np.ndarray:
+    """Co3D depth [H, W] float16: a 16-bit PNG whose uint16 values are the bits of float16 depths."""
+    data = _read_bytes(path, "missing_depth")
+    if not data.rstrip(b"\0").endswith(_PNG_IEND):
+        raise BadInput(path, "corrupt_depth", "truncated PNG (no IEND chunk)")
+    img = _decode(data, path, "corrupt_depth")
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise BadInput(path, "corrupt_depth", f"expected a 16-bit grayscale PNG, got mode {img.mode}")
+    arr = np.asarray(img)
+    if img.mode == "I" and (arr.min(initial=0) < 0 or arr.max(initial=0) > 0xFFFF):
+        raise BadInput(path, "corrupt_depth", "values do not fit 16 bits")
+    return np.ascontiguousarray(arr.astype("<u2", copy=False)).view("<f2")
+
+
+def read_mask_png(path: str) -> np.ndarray:
+    """Co3D depth mask [H, W] bool: valid where the 8-bit value is > 128."""
+    data = _read_bytes(path, "missing_mask")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and not data.rstrip(b"\0").endswith(_PNG_IEND):
+        raise BadInput(path, "corrupt_mask", "truncated PNG (no IEND chunk)")
+    img = _decode(data, path, "corrupt_mask")
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img) > 128
+
+
+def official_depth(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The official Co3D depth clean-up, [H, W] float16 -> [H, W] float16 (kept values are bit-exact).
+
+    Non-finite -> 0, invalid-mask -> 0, then values above the 98th percentile of the whole masked map (zeros
+    included) -> 0. The percentile is taken in float64 like the reference (`np.nanpercentile` on a float map).
+    """
+    out = np.array(depth, dtype=np.float16, copy=True)
+    out[~np.isfinite(out)] = 0
+    out[~mask] = 0
+    thres = np.percentile(out.astype(np.float64), DEPTH_MAX_PERCENTILE)
+    if thres > 0:
+        out[out.astype(np.float64) > thres] = 0
+    return out
+
+
+def target_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) after scaling the longer side down to `max_side` (never up); unchanged when max_side is None."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    s = max_side / max(height, width)
+    return max(1, int(round(height * s))), max(1, int(round(width * s)))
+
+
+def scale_intrinsic(intri: np.ndarray, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
+    """Intrinsic [3, 3] for an image resized from old_hw to new_hw (pixel centres at integer coordinates)."""
+    sy, sx = new_hw[0] / old_hw[0], new_hw[1] / old_hw[1]
+    k = intri.copy()
+    k[0, :] *= sx
+    k[1, :] *= sy
+    # A resize maps pixel-centre coordinates as u' + 0.5 = (u + 0.5) * s, so the principal point shifts by 0.5(s-1).
+    k[0, 2] += 0.5 * (sx - 1.0)
+    k[1, 2] += 0.5 * (sy - 1.0)
+    return k
+
+
+def resize_depth_nearest(depth: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize [H, W] -> [h, w]: every output value is an input value (no mixing across edges)."""
+    h, w = depth.shape
+    ys = np.minimum(((np.arange(new_hw[0]) + 0.5) * h / new_hw[0]).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(new_hw[1]) + 0.5) * w / new_hw[1]).astype(np.int64), w - 1)
+    return np.ascontiguousarray(depth[ys[:, None], xs[None, :]])
+
+
+def encode_jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def load_frame(co3d_dir: str, entry: Any, max_side: int | None = None) -> Frame:
+    """Read, validate and preprocess one annotated frame; raises BadInput naming the offending file.
+
+    Without resizing the original JPEG bytes are stored verbatim (no generation loss, no encode cost).
+    """
+    if not isinstance(entry, dict) or "filepath" not in entry:
+        raise BadInput(repr(entry)[:120], "bad_annotation", "entry is not a dict with a filepath")
+    image_path, depth_path, mask_path = frame_paths(co3d_dir, entry["filepath"])
+    extri, intri = check_camera(entry, entry["filepath"])
+
+    jpeg = _read_bytes(image_path, "missing_image")
+    depth = read_depth_png(depth_path)
+    mask = read_mask_png(mask_path)
+    h, w = depth.shape
+    new_hw = target_size(h, w, max_side)
+    img = _decode(jpeg, image_path, "corrupt_image", draft_size=(new_hw[1], new_hw[0]) if new_hw != (h, w) else None)
+    decoded_hw = (img.size[1], img.size[0])
+    orig_hw = decoded_hw if new_hw == (h, w) else (h, w)
+    if new_hw != (h, w) and img.format == "JPEG" and decoded_hw != (h, w):
+        # draft() already shrank it: the raw size is only known from the JPEG header, which equals `depth` if valid.
+        orig_hw = _jpeg_header_size(jpeg) or decoded_hw
+    if orig_hw != (h, w) or mask.shape != (h, w):
+        raise BadInput(image_path, "size_mismatch", f"image {orig_hw}, depth {(h, w)}, mask {mask.shape}")
+
+    depth = official_depth(depth, mask)
+    if new_hw != (h, w):
+        depth = resize_depth_nearest(depth, new_hw)
+        intri = scale_intrinsic(intri, (h, w), new_hw)
+        img = img.convert("RGB")
+        if img.size != (new_hw[1], new_hw[0]):
+            img = img.resize((new_hw[1], new_hw[0]), Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS)
+        jpeg = encode_jpeg(img)
+    elif img.format != "JPEG" or img.mode != "RGB":
+        jpeg = encode_jpeg(img.convert("RGB"))
+    return Frame(jpeg, depth, extri, intri, (h, w))
+
+
+def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size[1], im.size[0]
+    except Exception:
+        return None
+
+
+def probe_frame_bytes(co3d_dir: str, entry: Any, max_side: int | None) -> float | None:
+    """Estimated stored bytes of one frame (JPEG + float16 depth), from the file size and JPEG header only."""
+    try:
+        image_path, _, _ = frame_paths(co3d_dir, entry["filepath"])
+        size = os.path.getsize(image_path)
+        with Image.open(image_path) as im:
+            w, h = im.size
+    except Exception:
+        return None
+    nh, nw = target_size(h, w, max_side)
+    ratio = (nh * nw) / float(h * w)
+    return size * ratio + nh * nw * 2 + 256
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
