@@ -11,6 +11,10 @@ import sys
 # optional dependency of one command never breaks the others.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
+    "convert-co3d": ("vggt_train.data.convert", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
+    "merge-shards": ("vggt_train.data.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
+    "verify-dataset": ("vggt_train.data.verify", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
+    "make-synthetic-co3d": ("vggt_train.data.synthetic", "render procedural textured scenes with exact depth in the raw Co3D layout"),
 }
 
 

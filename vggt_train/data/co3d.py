@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ CO3D_TRAIN_CATEGORIES = (
 
 # Reason codes written to report.json; the keys are stable (scripts may group by them).
 REASONS = {
+    "missing_annotation_file": "a requested category has no annotation file for this split",
     "malformed_annotation_file": "annotation file is not gzip'd JSON of {sequence: [frame, ...]}",
     "bad_annotation": "annotation entry lacks filepath/extri/intri or has the wrong shape",
     "unsafe_filepath": "annotation filepath is absolute, contains '..' or is not <category>/<sequence>/images/*.jpg",
@@ -152,12 +152,15 @@ def _read_bytes(path: str, missing_reason: str) -> bytes:
 
 
 def _decode(data: bytes, path: str, reason: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Fully decoded image (truncation and corruption raise BadInput); `.info["raw_hw"]` is the header's (H, W)."""
     try:
         img = Image.open(io.BytesIO(data))
+        raw_hw = (img.size[1], img.size[0])
         if draft_size is not None and img.format == "JPEG":
             # DCT-domain downscaling: decodes the whole stream (truncation still detected) several times faster.
             img.draft("RGB", draft_size)
         img.load()
+        img.info["raw_hw"] = raw_hw
         return img
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
         raise BadInput(path, reason, f"{type(exc).__name__}: {exc}") from None
@@ -253,11 +256,7 @@ def load_frame(co3d_dir: str, entry: Any, max_side: int | None = None) -> Frame:
     h, w = depth.shape
     new_hw = target_size(h, w, max_side)
     img = _decode(jpeg, image_path, "corrupt_image", draft_size=(new_hw[1], new_hw[0]) if new_hw != (h, w) else None)
-    decoded_hw = (img.size[1], img.size[0])
-    orig_hw = decoded_hw if new_hw == (h, w) else (h, w)
-    if new_hw != (h, w) and img.format == "JPEG" and decoded_hw != (h, w):
-        # draft() already shrank it: the raw size is only known from the JPEG header, which equals `depth` if valid.
-        orig_hw = _jpeg_header_size(jpeg) or decoded_hw
+    orig_hw = img.info["raw_hw"]
     if orig_hw != (h, w) or mask.shape != (h, w):
         raise BadInput(image_path, "size_mismatch", f"image {orig_hw}, depth {(h, w)}, mask {mask.shape}")
 
@@ -274,14 +273,6 @@ def load_frame(co3d_dir: str, entry: Any, max_side: int | None = None) -> Frame:
     return Frame(jpeg, depth, extri, intri, (h, w))
 
 
-def _jpeg_header_size(data: bytes) -> tuple[int, int] | None:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size[1], im.size[0]
-    except Exception:
-        return None
-
-
 def probe_frame_bytes(co3d_dir: str, entry: Any, max_side: int | None) -> float | None:
     """Estimated stored bytes of one frame (JPEG + float16 depth), from the file size and JPEG header only."""
     try:
@@ -295,6 +286,3 @@ def probe_frame_bytes(co3d_dir: str, entry: Any, max_side: int | None) -> float 
     ratio = (nh * nw) / float(h * w)
     return size * ratio + nh * nw * 2 + 256
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,120 @@
+"""The on-disk format of converted Co3D: column schema, row encoding, zero-copy decoding, file names.
+
+One row per frame, rows grouped by sequence (frames in annotation order):
+
+| column            | feature                   | content                                                            |
+|-------------------|---------------------------|--------------------------------------------------------------------|
+| sequence          | string                    | Co3D sequence name                                                 |
+| category          | string                    | Co3D category                                                      |
+| frame             | int32                     | 0-based index of the frame in the sequence's annotation list       |
+| filepath          | string                    | the annotation's filepath (relative to the Co3D dir)               |
+| image             | Image                     | {"bytes": JPEG, "path": None}; [height, width, 3] RGB when decoded |
+| depth             | binary                    | little-endian float16 [height, width], C order, masked + cut        |
+| height, width     | int32                     | size of the stored image and depth                                 |
+| original_height,  | int32                     | size of the raw Co3D image (differs when --max-side resized it)    |
+| original_width    |                           |                                                                    |
+| extrinsic         | Array2D((3, 4), float64)  | OpenCV camera-from-world [R | t]                                   |
+| intrinsic         | Array2D((3, 3), float64)  | pixel intrinsics of the *stored* image                             |
+
+Depth is a binary column, not a nested list: viewing its bytes costs ~nothing, while nested lists of 480k floats
+are materialised as Python objects (see bench/convert_throughput.py and docs/data.md for the measurements).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+SHARD_PATTERN = "data-{index:05d}-of-{count:05d}.arrow"  # the names save_to_disk gives, so load_from_disk opens them
+INDEX_FILE = "sequence_index.json"  # per split, next to state.json
+MANIFEST_FILE = "manifest.json"  # top level: checksums of every shard, written when the dataset is complete
+REPORT_FILE = "report.json"  # top level: every skipped frame / sequence / annotation file, with path and reason
+WORK_DIR = "_convert"  # top level: plan + per-part manifests of a conversion in progress (kept for resume/merge)
+
+COLUMNS = ("sequence", "category", "frame", "filepath", "image", "depth", "height", "width",
+           "original_height", "original_width", "extrinsic", "intrinsic")
+
+
+def features():
+    """The `datasets.Features` of a converted split (imports `datasets` lazily: workers never need it)."""
+    import datasets
+
+    return datasets.Features({
+        "sequence": datasets.Value("string"),
+        "category": datasets.Value("string"),
+        "frame": datasets.Value("int32"),
+        "filepath": datasets.Value("string"),
+        "image": datasets.Image(),
+        "depth": datasets.Value("binary"),
+        "height": datasets.Value("int32"),
+        "width": datasets.Value("int32"),
+        "original_height": datasets.Value("int32"),
+        "original_width": datasets.Value("int32"),
+        "extrinsic": datasets.Array2D((3, 4), "float64"),
+        "intrinsic": datasets.Array2D((3, 3), "float64"),
+    })
+
+
+def arrow_schema():
+    """pyarrow schema with the `huggingface` metadata that `load_from_disk` reads the features from."""
+    import pyarrow as pa
+
+    feats = features()
+    meta = json.dumps({"info": {"features": feats.to_dict()}}, sort_keys=True)
+    return pa.schema(feats.type).with_metadata({"huggingface": meta})
+
+
+def frame_columns(rows: list[dict]) -> dict[str, list]:
+    """Column lists for `pa.Table.from_pydict` from per-frame dicts (as produced by the conversion workers)."""
+    return {
+        "sequence": [r["sequence"] for r in rows],
+        "category": [r["category"] for r in rows],
+        "frame": [r["frame"] for r in rows],
+        "filepath": [r["filepath"] for r in rows],
+        "image": [{"bytes": r["image"], "path": None} for r in rows],
+        "depth": [r["depth"] for r in rows],
+        "height": [r["height"] for r in rows],
+        "width": [r["width"] for r in rows],
+        "original_height": [r["original_height"] for r in rows],
+        "original_width": [r["original_width"] for r in rows],
+        "extrinsic": [np.asarray(r["extrinsic"], np.float64).tolist() for r in rows],
+        "intrinsic": [np.asarray(r["intrinsic"], np.float64).tolist() for r in rows],
+    }
+
+
+def _as_buffer(value: Any):
+    # Accept what each `datasets` format hands out: bytes (python/numpy), pa.Scalar (arrow), memoryview.
+    if hasattr(value, "as_buffer"):
+        value = value.as_buffer()
+    return value
+
+
+def decode_depth(row: dict) -> np.ndarray:
+    """[height, width] float16 view of a row's depth (zero-copy over bytes / Arrow buffers; read-only).
+
+    Works with rows in the python and numpy formats and with pyarrow scalars from the arrow format.
+    """
+    depth = _as_buffer(row["depth"])
+    h, w = int(_scalar(row["height"])), int(_scalar(row["width"]))
+    return np.frombuffer(depth, dtype="<f2").reshape(h, w)
+
+
+def decode_image(row: dict) -> np.ndarray:
+    """[height, width, 3] uint8 RGB of a row's image, whether `image` is a PIL image or {"bytes": ...}."""
+    img = row["image"]
+    if hasattr(img, "as_py") and not hasattr(img, "as_buffer"):  # pa.StructScalar
+        img = {"bytes": img["bytes"].as_buffer()}
+    if isinstance(img, dict):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(_as_buffer(img["bytes"]))) as im:
+            return np.asarray(im.convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def _scalar(x: Any) -> Any:
+    return x.as_py() if hasattr(x, "as_py") else x
