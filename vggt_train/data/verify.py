@@ -1,0 +1,167 @@
+"""Re-read every shard of a converted dataset and check schema, counts, checksums, grouping and decodability."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+
+from vggt_train.data.schema import INDEX_FILE, MANIFEST_FILE
+
+
+def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
+    """Check one shard against its manifest entry. Returns {'errors': [...], 'runs': [[sequence, rows], ...]}.
+
+    Worker-safe (spawned processes call it). `runs` lists consecutive same-sequence rows, for the index check.
+    """
+    import pyarrow as pa
+
+    from vggt_train.data.schema import arrow_schema
+
+    name = os.path.basename(path)
+    errors: list[str] = []
+    runs: list[list] = []
+    if not os.path.exists(path):
+        return {"errors": [f"{name}: missing"], "runs": runs}
+    size = os.path.getsize(path)
+    if size != expected["bytes"]:
+        errors.append(f"{name}: {size} bytes, manifest says {expected['bytes']} (truncated or replaced)")
+    expected_schema = arrow_schema()  # also registers datasets' Array2D extension type before reading
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    if h.hexdigest() != expected["sha256"]:
+        errors.append(f"{name}: sha256 {h.hexdigest()[:16]}... != manifest {expected['sha256'][:16]}...")
+    try:
+        with pa.memory_map(path) as source:
+            table = pa.ipc.open_stream(source).read_all()
+    except Exception as exc:
+        return {"errors": errors + [f"{name}: not a readable Arrow stream ({type(exc).__name__}: {exc})"], "runs": runs}
+    if not table.schema.equals(expected_schema, check_metadata=True):
+        diff = [f.name for f in expected_schema if f.name not in table.schema.names or table.schema.field(f.name) != f]
+        errors.append(f"{name}: schema differs from the expected one (columns {diff or 'metadata'})")
+        return {"errors": errors, "runs": runs}
+    if table.num_rows != expected["rows"]:
+        errors.append(f"{name}: {table.num_rows} rows, manifest says {expected['rows']}")
+    cols = {c: table.column(c) for c in ("sequence", "frame", "height", "width")}
+    seqs = cols["sequence"].to_pylist()
+    frames = cols["frame"].to_numpy()
+    hs, ws = cols["height"].to_numpy(), cols["width"].to_numpy()
+    for i, s in enumerate(seqs):
+        if runs and runs[-1][0] == s:
+            if frames[i] <= frames[i - 1]:
+                errors.append(f"{name}: row {i}: frame {frames[i]} of {s} not after {frames[i - 1]}")
+            runs[-1][1] += 1
+        else:
+            if any(r[0] == s for r in runs):
+                errors.append(f"{name}: rows of {s} are not contiguous")
+            runs.append([s, 1])
+    from vggt_train.data.reader import _fixed_matrix
+
+    ext = _fixed_matrix(table.column("extrinsic"), (3, 4))
+    intr = _fixed_matrix(table.column("intrinsic"), (3, 3))
+    bad_cam = np.flatnonzero(~(np.isfinite(ext).all((1, 2)) & np.isfinite(intr).all((1, 2))))
+    if len(bad_cam):
+        errors.append(f"{name}: non-finite camera in rows {bad_cam[:5].tolist()}")
+    depth_col = table.column("depth")
+    img_col = table.column("image").combine_chunks().field("bytes")
+    for i in range(table.num_rows):
+        where = f"{name}: row {i} ({seqs[i]} frame {frames[i]})"
+        buf = depth_col[i].as_buffer()
+        if buf is None or buf.size != int(hs[i]) * int(ws[i]) * 2:
+            errors.append(f"{where}: depth has {None if buf is None else buf.size} bytes, expected {hs[i]}x{ws[i]}x2")
+            continue
+        if decode:
+            d = np.frombuffer(buf, "<f2")
+            if not np.isfinite(d).all():
+                errors.append(f"{where}: non-finite depth")
+            try:
+                from PIL import Image
+
+                with Image.open(io.BytesIO(img_col[i].as_buffer())) as im:
+                    im.load()
+                    if im.size != (ws[i], hs[i]):
+                        errors.append(f"{where}: image {im.size[1]}x{im.size[0]} but height/width {hs[i]}x{ws[i]}")
+            except Exception as exc:
+                errors.append(f"{where}: image does not decode ({type(exc).__name__}: {exc})")
+    return {"errors": errors, "runs": runs}
+
+
+def _split_tasks(root: str, split: str, info: dict) -> list[tuple[str, dict]]:
+    return [(os.path.join(root, split, f["filename"]), f) for f in info["shards"]]
+
+
+def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
+    """Verify every split of `root`. Returns {'errors': [...], 'splits': {split: {'rows', 'sequences', 'shards'}}}."""
+    errors: list[str] = []
+    mpath = os.path.join(root, MANIFEST_FILE)
+    if not os.path.exists(mpath):
+        return {"errors": [f"{root}: no {MANIFEST_FILE} (not a finished convert-co3d output; run merge-shards?)"], "splits": {}}
+    with open(mpath) as f:
+        manifest = json.load(f)
+    tasks = [(split, path, entry) for split, info in manifest["splits"].items() for path, entry in _split_tasks(root, split, info)]
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(verify_shard, [t[1] for t in tasks], [t[2] for t in tasks], [decode] * len(tasks)))
+    else:
+        results = [verify_shard(p, e, decode) for _s, p, e in tasks]
+    per_split: dict[str, dict] = {}
+    by_split: dict[str, list] = {}
+    for (split, _p, _e), res in zip(tasks, results):
+        errors += [f"{split}/{e}" for e in res["errors"]]
+        by_split.setdefault(split, []).append(res["runs"])
+    for split, info in manifest["splits"].items():
+        sdir = os.path.join(root, split)
+        with open(os.path.join(sdir, "state.json")) as f:
+            state = json.load(f)
+        names = [d["filename"] for d in state["_data_files"]]
+        if names != [s["filename"] for s in info["shards"]]:
+            errors.append(f"{split}: state.json lists {names}, manifest lists {[s['filename'] for s in info['shards']]}")
+        with open(os.path.join(sdir, INDEX_FILE)) as f:
+            index = json.load(f)
+        runs = [r for shard_runs in by_split.get(split, []) for r in shard_runs]
+        expect = [[s["sequence"], s["num_frames"]] for s in index["sequences"]]
+        if runs != expect:
+            errors.append(f"{split}: {INDEX_FILE} does not match the rows (first difference at sequence "
+                          f"{next((i for i, (a, b) in enumerate(zip(runs, expect)) if a != b), min(len(runs), len(expect)))})")
+        try:
+            import datasets
+
+            n = len(datasets.load_from_disk(sdir))
+            if n != info["num_rows"]:
+                errors.append(f"{split}: load_from_disk sees {n} rows, manifest says {info['num_rows']}")
+        except Exception as exc:
+            errors.append(f"{split}: datasets.load_from_disk fails ({type(exc).__name__}: {exc})")
+        per_split[split] = {"rows": info["num_rows"], "sequences": len(index["sequences"]), "shards": len(info["shards"])}
+    return {"errors": errors, "splits": per_split}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="dataset root written by convert-co3d / merge-shards")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding every image and scanning depths (checksums and structure only)")
+    parser.add_argument("--workers", type=int, default=1, help="processes, one shard each [default: 1]")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vggt_train.cli import CLIError
+
+    if not os.path.isdir(args.root):
+        raise CLIError(f"{args.root} is not a directory")
+    result = verify_dataset(args.root, decode=not args.no_decode, workers=max(1, args.workers))
+    for split, st in result["splits"].items():
+        print(f"{split}: {st['rows']} frames, {st['sequences']} sequences, {st['shards']} shards")
+    if result["errors"]:
+        for e in result["errors"]:
+            print(f"ERROR {e}")
+        print(f"verify-dataset: {len(result['errors'])} problem(s) in {args.root}")
+        return 1
+    print(f"verify-dataset: OK ({args.root})")
+    return 0
