@@ -115,16 +115,19 @@ def compare_state_dict(model: nn.Module, state: Dict[str, torch.Tensor] | Dict[s
     return report
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = True, ignore_prefixes: tuple = ()) -> LoadReport:
     """Load official VGGT weights (.pt/.pth/.safetensors) into `model`.
 
     strict: any missing, unexpected or shape-mismatched key raises CheckpointMismatchError listing them by name,
     and nothing is loaded. Non-strict: loads the matching keys and warns with the report. Returns the LoadReport.
+    ignore_prefixes: checkpoint keys under these prefixes are skipped silently (e.g. "track_head." when the
+    model was built without its track head).
     Tensors are copied one at a time (or assigned, for a model built on the meta device), so a 1.2B checkpoint
     is never held in memory next to a full copy of the model.
     """
     reader = _CheckpointReader(path)
-    report = compare_state_dict(model, reader.shapes)
+    shapes = {k: v for k, v in reader.shapes.items() if not k.startswith(tuple(ignore_prefixes))}
+    report = compare_state_dict(model, shapes)
     if not report.ok:
         message = f"checkpoint {path} does not match the model:\n{report.describe()}"
         if strict:
@@ -132,7 +135,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
         warnings.warn(message, stacklevel=2)
     skip = {k for k, _, _ in report.mismatched}
     targets = model.state_dict()
-    keys = [k for k in reader.shapes if k in targets and k not in skip]
+    keys = [k for k in shapes if k in targets and k not in skip]
     if any(t.is_meta for t in targets.values()):
         model.load_state_dict({k: reader.get(k) for k in keys}, strict=False, assign=True)
         return report
