@@ -10,6 +10,8 @@ import sys
 # The CLI only imports the module that is asked for, so `vggt-train --help` stays fast and a missing
 # optional dependency of one command never breaks the others.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("vggt_train.train.cli", "train or fine-tune VGGT from a YAML config with key=value overrides (accelerate + DeepSpeed)"),
+    "export": ("vggt_train.train.export", "consolidate a training checkpoint (DeepSpeed ZeRO shards too) into an official model.pt/.safetensors"),
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
     "convert-co3d": ("vggt_train.data.convert", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
     "merge-shards": ("vggt_train.data.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
