@@ -125,9 +125,18 @@ def test_vggt_1b_strict_load_is_not_held_twice_in_memory(tmp_path):
         assert report.ok
         assert torch.equal(model.aggregator.camera_token, expected_probe)
         print("model_gb", nbytes / 1e9, "base_gb", base / 1e9, "peak_gb", peak / 1e9)
-        # the state dict above already pushed the peak to ~1 model; loading may add at most ~0.5 model more
-        assert peak < base + 0.5 * nbytes, (peak, base, nbytes)
+        # the model's own pages are first touched by the load (to_empty allocates lazily): one copy is
+        # expected, a second (a full state dict beside the model, or a mapped file) is not
+        assert peak < base + 1.3 * nbytes, (peak, base, nbytes)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    path = export_official(VGGT.from_preset("tiny"), tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.safetensors.*(truncated|past the end)"):
+        load_pretrained(VGGT.from_preset("tiny"), tmp_path / "cut.safetensors")

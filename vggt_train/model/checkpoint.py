@@ -66,6 +66,65 @@ def _unwrap(obj, path: Path) -> Dict[str, torch.Tensor]:
     return obj
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+class _SafetensorsFile:
+    """Reads tensors of a .safetensors file straight into caller memory (no mmap, no intermediate copy).
+
+    The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}},
+    then the raw little-endian data. Reading with readinto() keeps the process's memory at one model copy.
+    """
+
+    def __init__(self, path: Path):
+        import json
+        import struct
+
+        self.path = path
+        with path.open("rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise ValueError(f"cannot read checkpoint {path}: file too short for a safetensors header")
+            (n,) = struct.unpack("<Q", raw)
+            if n > 100 * 2**20:
+                raise ValueError(f"cannot read checkpoint {path}: implausible safetensors header size {n}")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as exc:
+                raise ValueError(f"cannot read checkpoint {path}: corrupt safetensors header ({exc})") from None
+        header.pop("__metadata__", None)
+        self.data_start = 8 + n
+        self.entries = header
+        size = path.stat().st_size
+        for name, e in header.items():
+            if e.get("dtype") not in _SAFETENSORS_DTYPES or e["data_offsets"][1] + self.data_start > size:
+                raise ValueError(f"cannot read checkpoint {path}: tensor {name} has an unknown dtype or lies past the end (truncated file?)")
+        self.shapes = {k: tuple(e["shape"]) for k, e in header.items()}
+
+    def read_into(self, key: str, target: torch.Tensor) -> None:
+        e = self.entries[key]
+        start, end = e["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[e["dtype"]]
+        direct = target.dtype == dtype and target.is_contiguous() and target.device.type == "cpu"
+        buf = target if direct else torch.empty(tuple(e["shape"]), dtype=dtype)
+        view = memoryview(buf.view(torch.uint8).numpy() if buf.numel() else bytearray())
+        with self.path.open("rb") as f:
+            f.seek(self.data_start + start)
+            if f.readinto(view) != end - start:
+                raise ValueError(f"cannot read checkpoint {self.path}: tensor {key} is truncated")
+        if not direct:
+            target.copy_(buf)
+
+    def get(self, key: str) -> torch.Tensor:
+        e = self.entries[key]
+        out = torch.empty(tuple(e["shape"]), dtype=_SAFETENSORS_DTYPES[e["dtype"]])
+        self.read_into(key, out)
+        return out
+
+
 class _CheckpointReader:
     """Key -> tensor access to a checkpoint without materialising all of it at once."""
 
@@ -74,14 +133,9 @@ class _CheckpointReader:
         if not self.path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.path}")
         if self.path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            try:
-                self._st = safe_open(str(self.path), framework="pt", device="cpu")
-            except Exception as exc:
-                raise ValueError(f"cannot read checkpoint {self.path}: {exc}") from exc
+            self._st = _SafetensorsFile(self.path)
             self._tensors = None
-            self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+            self.shapes = self._st.shapes
         else:
             try:
                 obj = torch.load(str(self.path), **_torch_load_kwargs())
@@ -91,7 +145,13 @@ class _CheckpointReader:
             self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
 
     def get(self, key: str) -> torch.Tensor:
-        return self._st.get_tensor(key) if self._tensors is None else self._tensors[key]
+        return self._st.get(key) if self._tensors is None else self._tensors[key]
+
+    def read_into(self, key: str, target: torch.Tensor) -> None:
+        if self._tensors is None:
+            self._st.read_into(key, target)
+        else:
+            target.copy_(self._tensors[key])
 
 
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
@@ -122,8 +182,9 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     and nothing is loaded. Non-strict: loads the matching keys and warns with the report. Returns the LoadReport.
     ignore_prefixes: checkpoint keys under these prefixes are skipped silently (e.g. "track_head." when the
     model was built without its track head).
-    Tensors are copied one at a time (or assigned, for a model built on the meta device), so a 1.2B checkpoint
-    is never held in memory next to a full copy of the model.
+    Tensors are read one at a time straight into the parameters (safetensors) or copied from a memory-mapped
+    .pt (or assigned, for a model built on the meta device), so a 1.2B checkpoint is never held in memory next
+    to a full copy of the model.
     """
     reader = _CheckpointReader(path)
     shapes = {k: v for k, v in reader.shapes.items() if not k.startswith(tuple(ignore_prefixes))}
@@ -141,7 +202,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
         return report
     with torch.no_grad():
         for key in keys:
-            targets[key].copy_(reader.get(key))
+            reader.read_into(key, targets[key])
     return report
 
 

@@ -1,0 +1,92 @@
+"""`vggt-train export CKPT OUT`: turn a training checkpoint into an official-format model.pt / .safetensors.
+
+CKPT is a checkpoint directory (runs/x/checkpoints/step_00001000) or a run's output_dir (its newest complete
+checkpoint is used). DeepSpeed ZeRO-1/2/3 shards are consolidated to full fp32 weights; heads the run was
+built without are filled from the run's starting checkpoint (model.checkpoint) when it had them, so the output
+is a complete checkpoint the official code loads with strict=True.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+from vggt_train.train import checkpointing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint directory, or a run's output_dir (newest complete checkpoint)")
+    parser.add_argument("out", help="output file: .pt, .pth or .safetensors")
+    parser.add_argument("--no-fill", action="store_true", help="do not fill disabled heads from the run's starting checkpoint")
+
+
+def _resolve(path: Path) -> Path:
+    if checkpointing.is_complete(path):
+        return path
+    latest = checkpointing.latest_complete(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path} is neither a complete checkpoint directory (with {checkpointing.STATE_FILE}) "
+                                f"nor a run directory holding one")
+    return latest
+
+
+def consolidated_state_dict(ckpt: Path) -> Dict[str, torch.Tensor]:
+    """Full fp32 model weights of a checkpoint written by accelerate's save_state (DeepSpeed or not)."""
+    ds_dirs = [p for p in ckpt.iterdir() if p.is_dir() and any(p.glob("*model_states.pt"))]
+    if ds_dirs:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=ds_dirs[0].name)
+    elif (ckpt / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(ckpt / "model.safetensors"))
+    elif (ckpt / "pytorch_model.bin").is_file():
+        state = torch.load(str(ckpt / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"no model weights found in {ckpt} (expected DeepSpeed shards or model.safetensors)")
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: bool = True) -> Path:
+    """Consolidate `checkpoint` and write an official checkpoint to `out`; returns the written path."""
+    from vggt_train.model import VGGT, export_official, preset_config, read_state_dict
+    from vggt_train.model.checkpoint import compare_state_dict
+
+    ckpt = _resolve(Path(checkpoint))
+    trainer_state = checkpointing.read_trainer_state(ckpt)
+    model_cfg = trainer_state["config"]["model"]
+    state = consolidated_state_dict(ckpt)
+    config = preset_config(model_cfg["preset"])
+    start = model_cfg.get("checkpoint")
+    if fill_missing and start and Path(start).is_file():
+        for key, value in read_state_dict(start).items():
+            state.setdefault(key, value)
+    else:
+        for head in model_cfg.get("disable_heads", []):
+            setattr(config, head, None)
+    with torch.device("meta"):
+        model = VGGT(config)
+    report = compare_state_dict(model, state)
+    if not report.ok:
+        raise ValueError(f"checkpoint {ckpt} does not match the {model_cfg['preset']} architecture:\n{report.describe()}")
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state, strict=True)
+    return export_official(model, out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vggt_train.cli import CLIError
+
+    try:
+        path = export_checkpoint(args.checkpoint, args.out, fill_missing=not args.no_fill)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"wrote {path}")
+    return 0
