@@ -208,8 +208,6 @@ def test_verify_detects_damage(single, tmp_path, capsys):
 
 
 def test_cli_help_lists_options(capsys):
-    from vggt_train.cli import build_parser  # noqa: F401  (the dispatcher itself)
-
     with pytest.raises(SystemExit):
         cli_main(["convert-co3d", "--help"])
     text = capsys.readouterr().out
