@@ -91,19 +91,24 @@ def test_small_preset_is_tens_of_millions_with_the_1b_structure():
     assert all(getattr(small, h) is not None for h in ("camera_head", "depth_head", "point_head", "track_head"))
 
 
-def test_few_training_steps_reduce_loss_on_a_fixed_batch():
+def test_few_training_steps_of_tiny_reduce_the_objective_on_the_fixture_batch(parity_dir):
+    from safetensors.torch import load_file
+
+    from vggt_train.losses import MultitaskLoss
+
+    tensors = load_file(str(parity_dir / "loss" / "tensors.safetensors"))
+    batch = {k[len("batch."):]: v for k, v in tensors.items() if k.startswith("batch.")}
+    batch["point_masks"] = batch["point_masks"] > 0.5
+    loss_fn = MultitaskLoss(**json.loads((parity_dir / "loss" / "loss_config.json").read_text()))
     torch.manual_seed(0)
     model = VGGT.from_preset("tiny", track_head=None).train()
-    images = torch.rand(2, 2, 3, 28, 28)
-    target_depth = torch.rand(2, 2, 28, 28, 1) + 0.5
-    target_pose = torch.randn(2, 2, 9) * 0.1
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
-    for _ in range(15):
-        out = model(images)
-        loss = (out["depth"] - target_depth).abs().mean() + sum((p - target_pose).abs().mean() for p in out["pose_enc_list"])
+    for _ in range(12):
+        objective = loss_fn(model(batch["images"]), batch)["objective"]
         opt.zero_grad()
-        loss.backward()
+        objective.backward()
         opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+        losses.append(objective.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.7 * losses[0], losses
