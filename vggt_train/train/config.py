@@ -1,0 +1,265 @@
+"""Typed training configuration: YAML file + dotted `key=value` overrides, validated before any worker starts."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "vggt_1b"  # vggt_1b | small | tiny
+    checkpoint: Optional[str] = None  # official .pt/.pth/.safetensors to start from
+    strict_load: bool = True
+    frozen: List[str] = field(default_factory=list)  # module-name globs, e.g. ["aggregator*"]
+    disable_heads: List[str] = field(default_factory=lambda: ["track_head"])
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = None  # converted dataset root (vggt-train convert-co3d --out)
+    train_split: str = "train"
+    val_split: Optional[str] = "test"
+    img_size: int = 518
+    patch_size: int = 14
+    augment: bool = True
+    img_nums: List[int] = field(default_factory=lambda: [2, 24])
+    max_img_per_gpu: int = 48
+    aspect_range: List[float] = field(default_factory=lambda: [1.0, 1.0])
+    len_train: int = 100000
+    frame_sampling: str = "random"  # random | nearby
+    num_workers: int = 4
+    prefetch_factor: int = 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.05
+    start_lr: float = 1e-8
+    end_lr: float = 1e-8
+    # gradient clipping: max-norm per module group (DeepSpeed clips globally at the smallest of these)
+    clip_groups: Dict[str, float] = field(default_factory=lambda: {"aggregator": 1.0, "depth_head": 1.0, "camera_head": 1.0})
+
+
+@dataclass
+class LossConfig:
+    camera: Optional[Dict[str, Any]] = field(default_factory=lambda: {"weight": 5.0, "loss_type": "l1"})
+    depth: Optional[Dict[str, Any]] = field(default_factory=lambda: {"weight": 1.0, "gradient_loss_fn": "grad", "valid_range": 0.98})
+    point: Optional[Dict[str, Any]] = None
+    track: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class TrainLoopConfig:
+    max_steps: int = 1000
+    seed: int = 42
+    grad_accum_steps: int = 1
+    mixed_precision: str = "bf16"  # bf16 | fp16 | no
+    log_every: int = 10
+    val_every: int = 0  # 0: no validation
+    val_steps: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 3
+    max_nonfinite_in_row: int = 5
+    peak_tflops: Optional[float] = None  # per device, for MFU; None: a table by device type
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    resume: Optional[str] = None  # None | "auto" | a checkpoint directory
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    kernels: Dict[str, str] = field(default_factory=dict)  # op -> backend, e.g. {attention: npu}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _type_of(cls, name: str):
+    return get_type_hints(cls)[name]
+
+
+def _coerce(value: Any, typ, where: str):
+    """Check/convert a YAML or override value to the dataclass field's type."""
+    origin = get_origin(typ)
+    if origin is Optional or (origin is not None and type(None) in get_args(typ)):
+        if value is None:
+            return None
+        inner = [a for a in get_args(typ) if a is not type(None)][0]
+        return _coerce(value, inner, where)
+    if is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(typ, value, where)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (inner,) = get_args(typ) or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        kt, vt = get_args(typ) or (Any, Any)
+        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if typ is Any:
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}; valid keys of {where or 'the config'}: {', '.join(sorted(known))}")
+    obj = cls()
+    for name, value in data.items():
+        setattr(obj, name, _coerce(value, _type_of(cls, name), f"{where}.{name}" if where else name))
+    return obj
+
+
+def _parse_override(text: str):
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def _set_dotted(data: dict, key: str, value: Any, cls) -> None:
+    parts = key.split(".")
+    node, node_cls = data, cls
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in fields(node_cls)} if is_dataclass(node_cls) else None
+        if names is not None and part not in names:
+            where = ".".join(parts[:i]) or "the config"
+            raise ConfigError(f"unknown key {key!r}: {where} has no {part!r}; valid keys: {', '.join(sorted(names))}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        sub_type = _type_of(node_cls, part) if names is not None else Any
+        inner = [a for a in get_args(sub_type) if a is not type(None)]
+        sub_cls = inner[0] if get_origin(sub_type) is not None and inner and is_dataclass(inner[0]) else sub_type
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node, node_cls = node[part], sub_cls if is_dataclass(sub_cls) else Any
+        if node_cls is Any:  # a free-form mapping (kernels, loss terms): the rest of the path is one key
+            node[".".join(parts[i + 1:])] = value
+            return
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
+    """TrainConfig from a YAML file (optional) plus `key.sub=value` overrides, validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+    # YAML and overrides refine the defaults: a mapping-valued field (loss terms, kernels) keeps the keys
+    # it does not mention; `null` disables a section
+    data = _deep_merge(dataclasses.asdict(TrainConfig()), copy.deepcopy(data))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(data, key, value, TrainConfig)
+    config = _build(TrainConfig, data)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """Reject values that would fail later (or silently misbehave), naming the field."""
+    from vggt_train.model.config import PRESETS
+
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise ConfigError(message)
+
+    need(c.model.preset in PRESETS, f"model.preset={c.model.preset!r} is unknown; choose from {sorted(PRESETS)}")
+    if c.model.checkpoint:
+        need(Path(c.model.checkpoint).is_file(), f"model.checkpoint={c.model.checkpoint!r}: file not found")
+    heads = {"camera_head", "depth_head", "point_head", "track_head"}
+    bad = sorted(set(c.model.disable_heads) - heads)
+    need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")
+    d = c.data
+    need(d.path is not None, "data.path is required: the dataset written by `vggt-train convert-co3d --out`")
+    need(d.img_size > 0 and d.img_size % d.patch_size == 0, f"data.img_size={d.img_size} must be a positive multiple of data.patch_size={d.patch_size}")
+    need(len(d.img_nums) == 2 and 1 <= d.img_nums[0] <= d.img_nums[1], f"data.img_nums={d.img_nums} must be [min, max] with 1 <= min <= max")
+    need(d.max_img_per_gpu >= d.img_nums[1], f"data.max_img_per_gpu={d.max_img_per_gpu} must be >= data.img_nums max {d.img_nums[1]} (at least one sample per GPU)")
+    need(len(d.aspect_range) == 2 and 0 < d.aspect_range[0] <= d.aspect_range[1], f"data.aspect_range={d.aspect_range} must be [low, high] with 0 < low <= high")
+    need(d.frame_sampling in ("random", "nearby"), f"data.frame_sampling={d.frame_sampling!r}; choose random or nearby")
+    need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
+    need(d.len_train > 0, f"data.len_train={d.len_train} must be > 0")
+    o = c.optim
+    need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    need(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must be two numbers in [0, 1)")
+    need(all(v > 0 for v in o.clip_groups.values()), f"optim.clip_groups={o.clip_groups}: max norms must be > 0")
+    t = c.train
+    need(t.max_steps > 0, f"train.max_steps={t.max_steps} must be > 0")
+    need(t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+    need(t.mixed_precision in ("bf16", "fp16", "no"), f"train.mixed_precision={t.mixed_precision!r}; choose bf16, fp16 or no")
+    need(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
+    need(t.ckpt_every >= 0 and t.keep_last >= 1, "train.ckpt_every must be >= 0 and train.keep_last >= 1")
+    need(t.max_nonfinite_in_row >= 1, f"train.max_nonfinite_in_row={t.max_nonfinite_in_row} must be >= 1")
+    need(c.resume in (None, "auto") or Path(c.resume).is_dir(), f"resume={c.resume!r}: use auto or an existing checkpoint directory")
+    enabled = [name for name in ("camera", "depth", "point", "track") if getattr(c.loss, name)]
+    need(bool(enabled), "loss: enable at least one of camera, depth, point, track")
+    head_of = {"camera": "camera_head", "depth": "depth_head", "point": "point_head", "track": "track_head"}
+    for name in enabled:
+        need(head_of[name] not in c.model.disable_heads, f"loss.{name} is enabled but model.disable_heads contains {head_of[name]}")
+
+
+def to_dict(c: TrainConfig) -> dict:
+    return dataclasses.asdict(c)

@@ -1,0 +1,350 @@
+"""The training loop: accelerate (+ DeepSpeed ZeRO) over VGGT, the official recipe, robust to bad steps and crashes.
+
+Reads top to bottom like the recipe: set up the accelerator -> build model, optimiser, loss -> prepare ->
+resume -> for each step: lr, micro-batches (forward, loss, backward), step, log, validate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional
+
+import torch
+
+from vggt_train import kernels
+from vggt_train.train import checkpointing
+from vggt_train.train.config import TrainConfig, to_dict
+from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
+from vggt_train.train.optim import build_optimizer, clip_by_group, freeze_modules, lr_at, set_lr
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (diverged, or a checkpoint would be corrupt); the message says why."""
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # the next optimiser step to run
+    skipped_steps: int = 0
+    nonfinite_in_row: int = 0
+    samples_seen: int = 0
+    extra: Dict = field(default_factory=dict)
+
+
+# -- set-up ---------------------------------------------------------------------------------------------------
+def _process_group_backend() -> Optional[str]:
+    if torch.cuda.is_available():
+        return "nccl"
+    try:
+        import torch_npu  # noqa: F401
+
+        if torch.npu.is_available():
+            return "hccl"
+    except Exception:
+        pass
+    return "gloo"  # CPU: DeepSpeed would otherwise try an accelerator backend
+
+
+def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
+    """An Accelerator whose DeepSpeed config (when launched with one) is filled from our config."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = []
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:  # started by a launcher: a process group is wanted
+        handlers.append(InitProcessGroupKwargs(backend=_process_group_backend(), timeout=datetime.timedelta(minutes=60)))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        mixed_precision="no",  # we autocast ourselves so the heads can stay in float32 with fp32 master weights
+        log_with="tensorboard",
+        project_dir=cfg.output_dir,
+        kwargs_handlers=handlers,
+    )
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = samples_per_rank_nominal
+        ds["gradient_accumulation_steps"] = cfg.train.grad_accum_steps
+        ds["train_batch_size"] = samples_per_rank_nominal * cfg.train.grad_accum_steps * accelerator.num_processes
+        ds["gradient_clipping"] = min(cfg.optim.clip_groups.values()) if cfg.optim.clip_groups else 0.0
+        # DeepSpeed must not cast the model: weights stay fp32, activations go bf16 through autocast
+        for key in ("bf16", "fp16"):
+            ds.setdefault(key, {})["enabled"] = False
+        ds.setdefault("steps_per_print", 10**9)
+        plugin.gradient_accumulation_steps = cfg.train.grad_accum_steps
+    return accelerator
+
+
+def build_model(cfg: TrainConfig):
+    """VGGT from the preset, the optional official checkpoint, frozen modules, checkpointing switch."""
+    from vggt_train.model import VGGT, load_pretrained, preset_config
+
+    config = preset_config(cfg.model.preset)
+    for head in cfg.model.disable_heads:
+        setattr(config, head, None)
+    model = VGGT(config)
+    if cfg.model.checkpoint:
+        load_pretrained(model, cfg.model.checkpoint, strict=cfg.model.strict_load, ignore_prefixes=tuple(f"{h}." for h in cfg.model.disable_heads))
+    model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    freeze_modules(model, cfg.model.frozen)
+    return model
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(batch: Dict, device: torch.device) -> Dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _all_mean(accelerator, value: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor (every rank holds the same shape); one collective for all loss terms."""
+    value = value.detach().float().to(accelerator.device)
+    return accelerator.reduce(value, reduction="mean") if accelerator.num_processes > 1 else value
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    return bool(t.item() > 0)
+
+
+def _params_finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# -- the loop -------------------------------------------------------------------------------------------------
+class Trainer:
+    """Owns the run: construction, the step, validation, checkpoints. `fit()` runs it to max_steps."""
+
+    def __init__(self, cfg: TrainConfig):
+        from vggt_train.losses import MultitaskLoss
+        from vggt_train.train import data as train_data
+
+        self.cfg = cfg
+        kernels.configure(cfg.kernels)
+        self.data = train_data.TrainData(cfg)
+        self.accelerator = build_accelerator(cfg, self.data.nominal_samples_per_rank())
+        acc = self.accelerator
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg)
+        self.loss_fn = MultitaskLoss(**{k: v for k, v in vars(cfg.loss).items()})
+        optimizer = build_optimizer(self.model, cfg.optim)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        self.deepspeed = getattr(acc.state, "deepspeed_plugin", None) is not None
+        self.state = TrainerState()
+        self.log = MetricsLog(cfg.output_dir, enabled=acc.is_main_process)
+        if acc.is_main_process:
+            acc.init_trackers("tensorboard")
+        self._flops_cache: Dict[tuple, float] = {}
+        self.peak_tflops = cfg.train.peak_tflops or device_peak_tflops(acc.device)
+
+    # -- resume / checkpoint ----------------------------------------------------------------------------------
+    def maybe_resume(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.resume is None:
+            return
+        path = checkpointing.latest_complete(cfg.output_dir) if cfg.resume == "auto" else checkpointing.Path(cfg.resume)
+        if path is None:
+            acc.print(f"[train] resume=auto: no complete checkpoint under {checkpointing.checkpoint_root(cfg.output_dir)}; starting fresh")
+            return
+        acc.load_state(str(path))
+        saved = checkpointing.read_trainer_state(path)
+        self.state = TrainerState(**{k: saved[k] for k in ("step", "skipped_steps", "nonfinite_in_row", "samples_seen")})
+        self.data.load_state_dict(saved.get("data", {}))
+        self.log.truncate_after(self.state.step)
+        acc.print(f"[train] resumed from {path} at step {self.state.step}")
+
+    def save_checkpoint(self) -> None:
+        acc, cfg, step = self.accelerator, self.cfg, self.state.step
+        if _any_rank(acc, not _params_finite(self.model)):
+            raise TrainingError(f"refusing to write the checkpoint of step {step}: the model has non-finite weights")
+        tmp, final = checkpointing.temporary_dir(cfg.output_dir, step), checkpointing.step_dir(cfg.output_dir, step)
+        if acc.is_main_process:
+            checkpointing.shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {**vars(self.state), "data": self.data.state_dict(), "config": to_dict(cfg), "world_size": acc.num_processes,
+                     "time": time.time()}
+            checkpointing.finalize(tmp, final, state)
+            checkpointing.prune(cfg.output_dir, cfg.train.keep_last)
+        acc.wait_for_everyone()
+
+    # -- one step ---------------------------------------------------------------------------------------------
+    def _forward_loss(self, batch: Dict) -> Dict[str, torch.Tensor]:
+        with _autocast(self.accelerator.device, self.cfg.train.mixed_precision):
+            preds = self.model(batch["images"], query_points=batch.get("query_points"))
+        return self.loss_fn(preds, batch)
+
+    def _poison(self) -> torch.Tensor:
+        """A loss whose gradient is NaN: makes DeepSpeed's overflow check skip the step on every rank and clear
+        the gradients accumulated so far, which is how a non-finite micro-batch skips the whole step."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return sum(p.reshape(-1)[0] for p in trainable) * float("nan")
+
+    def train_step(self, stream: Iterator[Dict]) -> Dict[str, float]:
+        acc, cfg = self.accelerator, self.cfg
+        lr = lr_at(self.state.step, cfg.train.max_steps, cfg.optim)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        terms: Dict[str, float] = {}
+        data_time = 0.0
+        skipped = False
+        samples = images = 0
+        start = time.perf_counter()
+        accum = cfg.train.grad_accum_steps
+        for micro in range(accum):
+            t0 = time.perf_counter()
+            batch = _to_device(next(stream), acc.device)
+            data_time += time.perf_counter() - t0
+            B, S = batch["images"].shape[:2]
+            samples += B
+            images += B * S
+            # accumulate() decides the boundary: DDP skips the all-reduce and DeepSpeed the step until the last
+            # micro-batch; accelerate divides the loss by the accumulation steps (DeepSpeed does it itself)
+            with acc.accumulate(self.model):
+                losses = self._forward_loss(batch)
+                objective = losses["objective"]
+                if _any_rank(acc, not bool(torch.isfinite(objective))):
+                    skipped = True
+                if self.deepspeed:
+                    acc.backward(self._poison() if skipped else objective)
+                elif not skipped:
+                    acc.backward(objective)
+            names = sorted(losses)
+            means = _all_mean(acc, torch.stack([losses[k].detach().float() for k in names]))
+            for k, v in zip(names, means.tolist()):
+                terms[k] = terms.get(k, 0.0) + v / accum
+        grad_norm = float("nan")
+        if self.deepspeed:
+            engine = self.model
+            applied = engine.was_step_applied() if hasattr(engine, "was_step_applied") else True
+            skipped = skipped or not applied
+            norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+            grad_norm = float(norm) if norm is not None else float("nan")
+            if skipped and not _params_finite(self.model):
+                raise TrainingError("DeepSpeed applied a non-finite update (this DeepSpeed version does not skip "
+                                    "overflowing fp32 steps); use deepspeed >= 0.14")
+        else:
+            if not skipped:
+                norms = clip_by_group(acc.unwrap_model(self.model), cfg.optim.clip_groups)
+                grad_norm = norms["total"]
+                skipped = _any_rank(acc, not math.isfinite(grad_norm))
+            if not skipped:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        step_time = time.perf_counter() - start
+        global_samples = samples * acc.num_processes
+        self.state.samples_seen += global_samples
+        if skipped:
+            self.state.skipped_steps += 1
+            self.state.nonfinite_in_row += 1
+            if self.state.nonfinite_in_row >= cfg.train.max_nonfinite_in_row:
+                raise TrainingError(f"{self.state.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                                    f"(last at step {self.state.step}); stopping. The last good checkpoint is kept.")
+        else:
+            self.state.nonfinite_in_row = 0
+        record = {"step": self.state.step + 1, "split": "train", "loss": terms.get("objective", float("nan")), **terms,
+                  "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "data_time": data_time, "step_time": step_time,
+                  "samples_per_s": global_samples / step_time, "images_per_s": images * acc.num_processes / step_time,
+                  "num_images": int(S), "samples": global_samples}
+        mfu = self._mfu(int(S), batch["images"].shape[-2:], images * acc.num_processes / step_time / acc.num_processes)
+        if mfu is not None:
+            record["mfu"] = mfu
+        if acc.device.type == "cuda":
+            record["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return record
+
+    def _mfu(self, S: int, hw, images_per_s_per_device: float) -> Optional[float]:
+        if not self.peak_tflops:
+            return None
+        key = (S, int(hw[0]), int(hw[1]))
+        if key not in self._flops_cache:
+            from vggt_train.model import VGGT
+            from vggt_train.model.flops import training_flops_per_image
+
+            with torch.device("meta"):
+                meta = VGGT(self.accelerator.unwrap_model(self.model).config)
+            frozen = not any(p.requires_grad for p in self.accelerator.unwrap_model(self.model).aggregator.parameters())
+            self._flops_cache[key] = training_flops_per_image(meta, S, key[1], key[2], frozen_aggregator=frozen)
+        return self._flops_cache[key] * images_per_s_per_device / (self.peak_tflops * 1e12)
+
+    # -- validation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> Optional[Dict[str, float]]:
+        from vggt_train.geometry import pose_encoding_to_extri_intri
+
+        stream = self.data.val_stream(self.accelerator.process_index, self.accelerator.num_processes)
+        if stream is None:
+            return None
+        self.model.eval()
+        sums: Dict[str, float] = {}
+        n = 0
+        for _, batch in zip(range(self.cfg.train.val_steps), stream):
+            batch = _to_device(batch, self.accelerator.device)
+            with _autocast(self.accelerator.device, self.cfg.train.mixed_precision):
+                preds = self.model(batch["images"])
+            losses = self.loss_fn(preds, batch)
+            names = sorted(losses)
+            values = dict(zip(names, _all_mean(self.accelerator, torch.stack([losses[k].float() for k in names])).tolist()))
+            if "pose_enc" in preds:
+                H, W = batch["images"].shape[-2:]
+                extr, _ = pose_encoding_to_extri_intri(preds["pose_enc"].float(), (H, W))
+                errs = relative_pose_errors(extr, batch["extrinsics"])
+                names = sorted(errs)
+                values.update(zip(names, _all_mean(self.accelerator, torch.tensor([errs[k] for k in names])).tolist()))
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        self.model.train()
+        if n == 0:
+            return None
+        out = {k: v / n for k, v in sums.items()}
+        return {"step": self.state.step, "split": "val", "loss": out.get("objective", float("nan")), **out}
+
+    # -- driver -----------------------------------------------------------------------------------------------
+    def fit(self) -> TrainerState:
+        acc, cfg = self.accelerator, self.cfg
+        self.maybe_resume()
+        stream = self.data.train_stream(acc.process_index, acc.num_processes, start_step=self.state.step)
+        progress = None
+        if acc.is_main_process and cfg.train.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            while self.state.step < cfg.train.max_steps:
+                record = self.train_step(stream)  # its "step" is the number of steps completed with it
+                self.state.step += 1
+                self.data.advance(self.state.step)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}")
+                if self.state.step % cfg.train.log_every == 0 or self.state.step == cfg.train.max_steps or record["skipped"]:
+                    self.log.write(record)
+                    acc.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=record["step"])
+                if cfg.train.val_every and self.state.step % cfg.train.val_every == 0:
+                    val = self.validate()
+                    if val is not None:
+                        self.log.write(val)
+                        acc.log({f"val/{k}": v for k, v in val.items() if isinstance(v, (int, float)) and k != "step"}, step=val["step"])
+                if cfg.train.ckpt_every and (self.state.step % cfg.train.ckpt_every == 0 or self.state.step == cfg.train.max_steps):
+                    self.save_checkpoint()
+        finally:
+            if progress is not None:
+                progress.close()
+            acc.end_training()
+        return self.state

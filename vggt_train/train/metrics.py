@@ -1,0 +1,99 @@
+"""Training metrics: the metrics.jsonl log, throughput and MFU, and pose-error metrics for validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+# Dense bf16/fp16 peak per device, TFLOP/s, for MFU when train.peak_tflops is not set.
+PEAK_TFLOPS = {
+    "Ascend910B": 313.0,  # Atlas 800T A2 (910B1/B2 class) fp16/bf16 cube peak
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "H800": 989.0,
+}
+
+
+def device_peak_tflops(device: torch.device) -> Optional[float]:
+    """Best-known dense half-precision peak of this device, or None (CPU and unknown devices)."""
+    name = ""
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "npu":
+        try:
+            name = torch.npu.get_device_name(device)  # provided by torch_npu
+        except Exception:
+            name = "Ascend910B"
+    for key, value in PEAK_TFLOPS.items():
+        if key.lower() in name.lower():
+            return value
+    return None
+
+
+class MetricsLog:
+    """Appends one JSON object per line to <output_dir>/metrics.jsonl (rank 0), flushed every write."""
+
+    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: Dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, (torch.Tensor,)) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean, allow_nan=True) + "\n")
+            f.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (a resumed run rewrites them, so the log has no duplicates)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+
+def _rotation_angle_deg(R: torch.Tensor) -> torch.Tensor:
+    """Angle of rotation matrices [..., 3, 3] in degrees."""
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos))
+
+
+def relative_pose_errors(pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Tensor) -> Dict[str, float]:
+    """Mean relative rotation and translation-direction angular errors (degrees) over all frame pairs.
+
+    extrinsics [B, S, 3, 4] camera-from-world. For each pair (i, j) the relative pose T_j T_i^-1 of the prediction
+    is compared with the ground truth: rotation angle of R_pred^T R_gt, and the angle between translation
+    directions (scale-free, as in the official evaluation).
+    """
+    def relative(E):
+        R, t = E[..., :3, :3], E[..., :3, 3:]
+        B, S = E.shape[:2]
+        i, j = torch.triu_indices(S, S, offset=1)
+        R_rel = R[:, j] @ R[:, i].transpose(-1, -2)
+        t_rel = t[:, j] - R_rel @ t[:, i]
+        return R_rel, t_rel[..., 0]
+
+    if pred_extrinsics.shape[1] < 2:
+        return {}
+    Rp, tp = relative(pred_extrinsics.double())
+    Rg, tg = relative(gt_extrinsics.double())
+    rot_err = _rotation_angle_deg(Rp.transpose(-1, -2) @ Rg)
+    cos_t = torch.nn.functional.cosine_similarity(tp, tg, dim=-1, eps=1e-12).clamp(-1.0, 1.0)
+    trans_err = torch.rad2deg(torch.acos(cos_t))
+    return {"rel_rot_err_deg": float(rot_err.mean()), "rel_trans_err_deg": float(trans_err.mean())}
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

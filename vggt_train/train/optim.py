@@ -1,0 +1,83 @@
+"""Optimiser, learning-rate schedule, freezing and per-group gradient clipping for VGGT training."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Dict, List
+
+import torch
+import torch.nn as nn
+
+from vggt_train import kernels
+from vggt_train.train.config import ConfigError, OptimConfig
+
+
+def freeze_modules(model: nn.Module, patterns: List[str]) -> List[str]:
+    """Set requires_grad=False on every parameter whose name matches a glob (e.g. "aggregator*").
+
+    Returns the frozen parameter names; a pattern that matches nothing is a ConfigError naming it.
+    """
+    frozen = []
+    for pattern in patterns:
+        hits = [n for n, _ in model.named_parameters() if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ConfigError(f"model.frozen pattern {pattern!r} matches no parameter (e.g. use 'aggregator*')")
+        frozen += hits
+    names = set(frozen)
+    for name, param in model.named_parameters():
+        if name in names:
+            param.requires_grad_(False)
+    return sorted(names)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """Trainable parameters split into decayed matrices and undecayed vectors (biases, norms, tokens)."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.dim() >= 2 and param.shape[-1] > 1 and param.numel() > param.shape[-1] else no_decay).append(param)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if not groups:
+        raise ConfigError("no trainable parameters: model.frozen froze everything")
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW through the kernel registry (fused on NPU/CUDA where available)."""
+    return kernels.make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
+    """Linear warmup from start_lr to lr over warmup_ratio of the run, then cosine decay to end_lr."""
+    warmup = int(math.ceil(cfg.warmup_ratio * max_steps))
+    if step < warmup:
+        return cfg.start_lr + (cfg.lr - cfg.start_lr) * step / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return cfg.end_lr + 0.5 * (cfg.lr - cfg.end_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_by_group(model: nn.Module, max_norms: Dict[str, float]) -> Dict[str, float]:
+    """Clip gradients of each top-level module group (e.g. aggregator, depth_head) to its own max norm.
+
+    Returns each group's pre-clip norm and the pre-clip total norm over all trainable gradients ("total"),
+    which is non-finite when any gradient is.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else torch.zeros(())
+    norms: Dict[str, float] = {"total": float(total)}
+    for group, max_norm in max_norms.items():
+        params = [p for n, p in model.named_parameters() if n.split(".")[0] == group and p.grad is not None]
+        if params:
+            norms[group] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return norms
