@@ -23,6 +23,11 @@ from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_po
 from vggt_train.train.optim import build_optimizer, clip_by_group, freeze_modules, lr_at, set_lr
 
 
+# Test hooks (never set them otherwise): simulate a crash after a step, or a NaN loss on rank 0 at given steps.
+_CRASH_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CRASH_AFTER_STEP")
+_NAN_AT_STEPS = {int(s) for s in os.environ.get("VGGT_TRAIN_TEST_NAN_AT_STEPS", "").split(",") if s.strip()}
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (diverged, or a checkpoint would be corrupt); the message says why."""
 
@@ -217,6 +222,8 @@ class Trainer:
             # micro-batch; accelerate divides the loss by the accumulation steps (DeepSpeed does it itself)
             with acc.accumulate(self.model):
                 losses = self._forward_loss(batch)
+                if self.state.step + 1 in _NAN_AT_STEPS and acc.is_main_process:
+                    losses["objective"] = losses["objective"] * float("nan")
                 objective = losses["objective"]
                 if _any_rank(acc, not bool(torch.isfinite(objective))):
                     skipped = True
@@ -343,6 +350,8 @@ class Trainer:
                         acc.log({f"val/{k}": v for k, v in val.items() if isinstance(v, (int, float)) and k != "step"}, step=val["step"])
                 if cfg.train.ckpt_every and (self.state.step % cfg.train.ckpt_every == 0 or self.state.step == cfg.train.max_steps):
                     self.save_checkpoint()
+                if _CRASH_AFTER_STEP and self.state.step == int(_CRASH_AFTER_STEP):
+                    os._exit(3)
         finally:
             if progress is not None:
                 progress.close()

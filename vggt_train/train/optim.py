@@ -32,12 +32,14 @@ def freeze_modules(model: nn.Module, patterns: List[str]) -> List[str]:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """Trainable parameters split into decayed matrices and undecayed vectors (biases, norms, tokens)."""
+    """Trainable parameters split into decayed weights and undecayed ones: vectors (biases, norms, layer
+    scales) and learned tokens / position embeddings, which weight decay would pull towards zero for no gain."""
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.dim() >= 2 and param.shape[-1] > 1 and param.numel() > param.shape[-1] else no_decay).append(param)
+        exempt = param.dim() < 2 or "token" in name or "pos_embed" in name
+        (no_decay if exempt else decay).append(param)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})

@@ -1,0 +1,146 @@
+"""Training config, schedule, freezing, clipping and checkpoint bookkeeping (unit level, no processes launched)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from vggt_train.train import checkpointing
+from vggt_train.train.config import ConfigError, OptimConfig, load_config
+from vggt_train.train.optim import clip_by_group, freeze_modules, lr_at, param_groups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["finetune_co3d", "seed_bench", "demo_cpu"])
+def test_shipped_configs_load(name):
+    cfg = load_config(str(REPO / "configs" / f"{name}.yaml"), ["data.path=/data"])
+    assert cfg.data.path == "/data"
+
+
+def test_seed_bench_is_the_seed_workload():
+    cfg = load_config(str(REPO / "configs" / "seed_bench.yaml"), ["data.path=/data"])
+    assert cfg.data.img_nums == [2, 2] and cfg.data.max_img_per_gpu // 2 == 15 and cfg.data.img_size == 518
+    assert cfg.model.frozen == ["aggregator*"] and cfg.data.aspect_range == [1.0, 1.0]
+
+
+def test_official_recipe_defaults():
+    cfg = load_config(str(REPO / "configs" / "finetune_co3d.yaml"), ["data.path=/data"])
+    assert cfg.optim.lr == 5e-5 and cfg.optim.weight_decay == 0.05 and cfg.optim.warmup_ratio == 0.05
+    assert cfg.data.img_nums == [2, 24] and cfg.data.max_img_per_gpu == 48 and cfg.data.img_size == 518
+    assert cfg.loss.camera["weight"] == 5.0 and cfg.loss.depth["weight"] == 1.0
+    assert cfg.train.mixed_precision == "bf16"
+
+
+def test_overrides_are_typed_and_merge_into_sections():
+    cfg = load_config(None, ["data.path=/d", "train.max_steps=7", "data.img_nums=[2,4]", "loss.depth.weight=2.5",
+                             "kernels.attention=npu", "model.frozen=[aggregator*]", "resume=auto"])
+    assert cfg.train.max_steps == 7 and cfg.data.img_nums == [2, 4]
+    assert cfg.loss.depth == {"weight": 2.5, "gradient_loss_fn": "grad", "valid_range": 0.98}
+    assert cfg.kernels == {"attention": "npu"} and cfg.model.frozen == ["aggregator*"] and cfg.resume == "auto"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("model.presett=tiny", "model.presett"),
+        ("bogus=1", "bogus"),
+        ("train.max_steps=abc", "train.max_steps"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("data.img_size=500", "data.img_size"),
+        ("data.img_nums=[4,2]", "data.img_nums"),
+        ("data.max_img_per_gpu=3", "data.max_img_per_gpu"),
+        ("optim.lr=-1", "optim.lr"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("model.preset=huge", "model.preset"),
+        ("model.disable_heads=[camera_head]", "loss.camera"),
+        ("model.checkpoint=/nope.pt", "model.checkpoint"),
+        ("data.frame_sampling=sorted", "data.frame_sampling"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, ["data.path=/d", override])
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid keys: .*max_steps"):
+        load_config(None, ["data.path=/d", "train.max_step=3"])
+
+
+def test_missing_data_path_is_named():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_config(None, [])
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "none.yaml"))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = OptimConfig(lr=5e-5, warmup_ratio=0.05, start_lr=1e-8, end_lr=1e-8)
+    assert lr_at(0, 1000, cfg) == pytest.approx(1e-8)
+    assert lr_at(25, 1000, cfg) == pytest.approx((1e-8 + 5e-5) / 2, rel=1e-6)
+    assert lr_at(50, 1000, cfg) == pytest.approx(5e-5)
+    assert lr_at(525, 1000, cfg) == pytest.approx((5e-5 + 1e-8) / 2, rel=1e-6)
+    assert lr_at(1000, 1000, cfg) == pytest.approx(1e-8)
+    values = [lr_at(s, 1000, cfg) for s in range(50, 1001)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_freeze_by_glob_and_param_groups():
+    from vggt_train.model import VGGT
+
+    model = VGGT.from_preset("tiny", track_head=None)
+    frozen = freeze_modules(model, ["aggregator*"])
+    assert frozen and all(n.startswith("aggregator") for n in frozen)
+    assert not any(p.requires_grad for p in model.aggregator.parameters())
+    groups = param_groups(model, 0.05)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    names = {id(p): n for n, p in model.named_parameters()}
+    undecayed = [names[id(p)] for p in groups[1]["params"]]
+    assert groups[1]["weight_decay"] == 0.0 and "camera_head.empty_pose_tokens" in undecayed
+    assert all(n.endswith(("bias", "weight", "gamma", "tokens")) for n in undecayed)
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.05
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        freeze_modules(model, ["agregator*"])
+
+
+def test_clip_by_group_clips_each_group_to_its_norm():
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 4), "b": torch.nn.Linear(4, 4)})
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 10
+    norms = clip_by_group(model, {"a": 1.0})
+    a_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model["a"].parameters()]))
+    assert norms["a"] > 1.0 and a_norm == pytest.approx(1.0, rel=1e-4)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model["b"].parameters()])) > 5
+    model["b"].weight.grad[0, 0] = float("nan")
+    assert not math.isfinite(clip_by_group(model, {"a": 1.0})["total"])
+
+
+def test_checkpoint_bookkeeping(tmp_path):
+    out = tmp_path / "run"
+    for step in (1, 2, 3):
+        tmp = checkpointing.temporary_dir(out, step)
+        tmp.mkdir(parents=True)
+        (tmp / "weights").write_text(str(step))
+        checkpointing.finalize(tmp, checkpointing.step_dir(out, step), {"step": step})
+    partial = checkpointing.temporary_dir(out, 4)
+    partial.mkdir()
+    incomplete = checkpointing.step_dir(out, 5)
+    incomplete.mkdir()  # no trainer_state.json: never taken for a checkpoint
+    assert checkpointing.latest_complete(out).name == "step_00000003"
+    removed = checkpointing.prune(out, keep_last=2)
+    assert [p.name for p in removed] == ["step_00000001"]
+    assert [p.name for p in checkpointing.list_complete(out)] == ["step_00000002", "step_00000003"]
+    assert not partial.exists()
