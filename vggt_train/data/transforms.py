@@ -1,0 +1,299 @@
+"""Per-view transforms of the official VGGT recipe: crop at the principal point, resize, strict crop, rot90, jitter.
+
+Pixel convention: pixel (u, v) has its centre at integer coordinates, as in Co3D's intrinsics, the synthetic
+renderer and `geometry.depth_to_cam_points`. In "edge" coordinates (pixel u spans [u, u + 1)) a resize by s maps
+e -> s * e, so the intrinsic becomes c' = s (c + 0.5) - 0.5, f' = s f.
+
+The official recipe is a chain: (1) crop a random fraction (0.8-1.2 per axis, capped at 1) of the image centred on
+the principal point, (2) resize so the target plus a margin fits, (3) crop the target exactly around the principal
+point (zero-padding what falls outside), (4) optionally rotate a portrait crop by 90 degrees into a landscape
+target. `plan_view` composes (1)-(3) into one source box and scale, so the image is resampled once (PIL resize with
+`box`, after a JPEG `draft` where the downscale allows it) and the depth is gathered once by nearest neighbour at
+the same pixel centres. The crop sizes, the margin and the intrinsics follow the official steps exactly; unlike
+the official code, the intrinsic uses each axis's actual resize factor (the official uses the larger of the two,
+off by up to one pixel), and the rotation uses H - 1 - c (the official H - c is the half-pixel convention).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+try:
+    _LANCZOS, _BICUBIC = Image.Resampling.LANCZOS, Image.Resampling.BICUBIC
+except AttributeError:  # Pillow < 9.1
+    _LANCZOS, _BICUBIC = Image.LANCZOS, Image.BICUBIC
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class ColorJitterConfig:
+    """torchvision-style ColorJitter ranges, applied with probability p (the official defaults)."""
+
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.1
+    p: float = 0.9
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The random parts of the recipe; `MultiViewDataset(augment=False)` turns all of them off.
+
+    cojitter_ratio has the official meaning: with probability 1 - cojitter_ratio (0.7) one jitter is shared by
+    all views of a sample, otherwise each view draws its own (official: `random.random() > cojitter_ratio`).
+    """
+
+    scale_range: Optional[Tuple[float, float]] = (0.8, 1.2)
+    rescale_aug: bool = True  # extra resize margin triangular(0, 0, 0.3) x the target's long side
+    landscape_check: bool = False  # portrait crops may be rotated by 90 degrees into a landscape target
+    color_jitter: Optional[ColorJitterConfig] = field(default_factory=ColorJitterConfig)
+    cojitter_ratio: float = 0.3
+    grayscale_p: float = 0.05
+
+
+SAFE_BOUND = 4  # pixels of margin the resize keeps around the target (official safe_bound)
+
+
+def target_shape(img_size: int, aspect_ratio: float, patch_size: int = 14) -> Tuple[int, int]:
+    """(H, W) of the network input: W = img_size, H = floor(img_size * aspect / patch) * patch (official)."""
+    height = int(img_size * aspect_ratio) // patch_size * patch_size
+    if height < patch_size:
+        raise ValueError(f"aspect_ratio {aspect_ratio} gives a height below one patch ({patch_size}) at img_size {img_size}")
+    return height, img_size
+
+
+# ----------------------------------------------------------------------------------------------- random draws
+@dataclass(frozen=True)
+class ViewDraw:
+    """The random numbers of one view's geometry (identity when augmentation is off)."""
+
+    scale_hw: Tuple[float, float] = (1.0, 1.0)
+    extra_margin: float = 0.0  # fraction of the target's long side added to the resize margin
+    swap: bool = False  # rotate a portrait crop into the target (only if landscape_check and it is portrait)
+    clockwise: bool = False
+
+    @staticmethod
+    def draw(rng: np.random.Generator, cfg: AugmentConfig) -> "ViewDraw":
+        # Always draw the same count of numbers, so one view's options never shift another view's randomness.
+        u = rng.random(5)
+        lo, hi = cfg.scale_range or (1.0, 1.0)
+        scale = (min(lo + (hi - lo) * u[0], 1.0), min(lo + (hi - lo) * u[1], 1.0))
+        # inverse CDF of triangular(0, 0, 0.3): mode at 0
+        margin = 0.3 * (1.0 - math.sqrt(1.0 - u[2])) if cfg.rescale_aug else 0.0
+        return ViewDraw(scale, margin, bool(cfg.landscape_check and u[3] > 0.5), bool(u[4] > 0.5))
+
+
+# ----------------------------------------------------------------------------------------------- geometry plan
+@dataclass(frozen=True)
+class ViewPlan:
+    """Where each output pixel comes from: source edge coordinate of output pixel (i, j) is
+    (y0 + (i + 0.5) / sy, x0 + (j + 0.5) / sx) for i < valid_hw[0], j < valid_hw[1]; the rest is zero padding.
+
+    out_hw is the shape before the final rotation (rot90_k = -1 clockwise, 1 counter-clockwise, 0 none);
+    intrinsic [3, 3] is the camera of the output before that rotation.
+    """
+
+    out_hw: Tuple[int, int]
+    valid_hw: Tuple[int, int]
+    origin: Tuple[float, float]  # (y0, x0) source edge coordinates of the output's top-left corner
+    scale: Tuple[float, float]  # (sy, sx) output pixels per source pixel
+    crop: Tuple[int, int, int, int]  # (top, left, height, width) of the source region that may be seen
+    intrinsic: np.ndarray
+    rot90_k: int = 0
+
+    def source_box(self, downscale: float = 1.0) -> Tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of the valid region in a source decoded at 1/downscale (PIL `box`)."""
+        (y0, x0), (sy, sx), (vh, vw) = self.origin, self.scale, self.valid_hw
+        return (x0 / downscale, y0 / downscale, (x0 + vw / sx) / downscale, (y0 + vh / sy) / downscale)
+
+
+class BadView(ValueError):
+    """The view cannot be produced (e.g. its principal point lies outside the image)."""
+
+
+def _pp_crop(size: int, c: float, extent: float) -> Tuple[int, int]:
+    """Official non-strict crop along one axis: (start, length), centred on c and inside [0, size)."""
+    half = min(extent / 2, c, size - c)
+    start = math.floor(c) - math.floor(half)
+    return start, 2 * math.floor(half)
+
+
+def plan_view(src_hw: Tuple[int, int], intrinsic: np.ndarray, target_hw: Tuple[int, int], draw: ViewDraw) -> ViewPlan:
+    """Compose crop at the principal point -> resize -> strict crop for a source of src_hw = (H, W)."""
+    H, W = int(src_hw[0]), int(src_hw[1])
+    K = np.array(intrinsic, dtype=np.float64, copy=True)
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    aug_h = int(H * draw.scale_hw[0])
+    aug_w = int(W * draw.scale_hw[1])
+    top, h1 = _pp_crop(H, cy, aug_h)
+    left, w1 = _pp_crop(W, cx, aug_w)
+    if h1 < 1 or w1 < 1:
+        raise BadView(f"principal point ({cx:.1f}, {cy:.1f}) is outside or on the border of the {W}x{H} image")
+    K[0, 2] -= left
+    K[1, 2] -= top
+
+    th, tw = int(target_hw[0]), int(target_hw[1])
+    rot90_k = 0
+    if draw.swap and h1 > 1.25 * w1 and th != tw:
+        th, tw = tw, th
+        rot90_k = -1 if draw.clockwise else 1
+
+    margin = SAFE_BOUND + draw.extra_margin * max(th, tw)
+    scale = max((th + margin) / h1, (tw + margin) / w1)
+    h2, w2 = math.floor(h1 * scale), math.floor(w1 * scale)
+    sy, sx = h2 / h1, w2 / w1
+    K[0, :2] *= sx
+    K[1, :2] *= sy
+    K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+
+    # strict crop: exactly the target, starting at the principal point minus half the target (official)
+    top2 = math.floor(K[1, 2]) - math.floor(min(th / 2, K[1, 2]))
+    left2 = math.floor(K[0, 2]) - math.floor(min(tw / 2, K[0, 2]))
+    K[0, 2] -= left2
+    K[1, 2] -= top2
+    valid = (max(0, min(th, h2 - top2)), max(0, min(tw, w2 - left2)))
+    origin = (top + top2 / sy, left + left2 / sx)
+    return ViewPlan((th, tw), valid, origin, (sy, sx), (top, left, h1, w1), K, rot90_k)
+
+
+# ----------------------------------------------------------------------------------------------- resampling
+def open_image(data) -> Image.Image:
+    """A lazily decoded PIL image from encoded bytes (bytes / memoryview / pa.Buffer) or an [H, W, 3] uint8 array."""
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(data, dtype=np.uint8))
+    return Image.open(io.BytesIO(data))
+
+
+def image_size_hw(img: Image.Image) -> Tuple[int, int]:
+    return img.size[1], img.size[0]
+
+
+def resample_image(img: Image.Image, plan: ViewPlan, use_draft: bool = True) -> Image.Image:
+    """The view's RGB image [out_hw] (before rotation), zero outside the valid region.
+
+    With use_draft, a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain when the output needs at most
+    that resolution (each axis); the box is mapped into the draft's pixels, so the geometry is unchanged.
+    """
+    (th, tw), (vh, vw) = plan.out_hw, plan.valid_hw
+    downscale = 1.0
+    if use_draft and img.format == "JPEG":
+        W, H = img.size
+        sy, sx = plan.scale
+        requested = (max(1, math.ceil(W * sx)), max(1, math.ceil(H * sy)))
+        res = img.draft("RGB", requested)
+        if res is not None:
+            downscale = W / res[1][2]
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if vh <= 0 or vw <= 0:
+        return Image.new("RGB", (tw, th))
+    x0, y0, x1, y1 = plan.source_box(downscale)
+    Wd, Hd = img.size
+    box = (max(0.0, x0), max(0.0, y0), min(float(Wd), x1), min(float(Hd), y1))
+    upsampling = vw > (box[2] - box[0]) or vh > (box[3] - box[1])
+    out = img.resize((vw, vh), _BICUBIC if upsampling else _LANCZOS, box=box)
+    if (vh, vw) == (th, tw):
+        return out
+    canvas = Image.new("RGB", (tw, th))
+    canvas.paste(out, (0, 0))
+    return canvas
+
+
+def resample_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
+    """Nearest-neighbour depth [out_hw] float32 at the output pixel centres (each value is a source value); 0 outside."""
+    (th, tw), (vh, vw) = plan.out_hw, plan.valid_hw
+    (y0, x0), (sy, sx) = plan.origin, plan.scale
+    top, left, h1, w1 = plan.crop
+    out = np.zeros((th, tw), np.float32)
+    if vh <= 0 or vw <= 0:
+        return out
+    rows = np.clip(np.floor(y0 + (np.arange(vh) + 0.5) / sy).astype(np.int64), top, top + h1 - 1)
+    cols = np.clip(np.floor(x0 + (np.arange(vw) + 0.5) / sx).astype(np.int64), left, left + w1 - 1)
+    out[:vh, :vw] = depth[rows[:, None], cols[None, :]]
+    bad = ~np.isfinite(out)
+    if bad.any():  # NaN/inf would poison the points and the batch scale; they mean "no depth"
+        out[bad] = 0
+    return out
+
+
+# Camera rotations (new camera-from-old camera) for an image rotated by np.rot90(k): clockwise k=-1, ccw k=1.
+_ROT_CAM = {-1: np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]), 1: np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]])}
+
+
+def rotate_camera(extrinsic: np.ndarray, intrinsic: np.ndarray, hw: Tuple[int, int], k: int):
+    """Extrinsic [3, 4] and intrinsic [3, 3] after `np.rot90(image, k)` (k = +-1) of an image of size hw.
+
+    Clockwise (k=-1) maps pixel (u, v) to (H - 1 - v, u); counter-clockwise (k=1) to (v, W - 1 - u).
+    """
+    H, W = hw
+    fx, fy, cx, cy = intrinsic[0, 0], intrinsic[1, 1], intrinsic[0, 2], intrinsic[1, 2]
+    K = np.eye(3)
+    K[0, 0], K[1, 1] = fy, fx
+    if k == -1:
+        K[0, 2], K[1, 2] = H - 1 - cy, cx
+    else:
+        K[0, 2], K[1, 2] = cy, W - 1 - cx
+    E = _ROT_CAM[k] @ np.asarray(extrinsic, np.float64)
+    return E, K
+
+
+# ----------------------------------------------------------------------------------------------- colour
+@dataclass(frozen=True)
+class JitterDraw:
+    """One draw of RandomApply(ColorJitter) + RandomGrayscale; factors None where the op is not applied."""
+
+    apply: bool = False
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+    order: Tuple[int, ...] = (0, 1, 2, 3)
+    grayscale: bool = False
+
+    @staticmethod
+    def draw(rng: np.random.Generator, cj: Optional[ColorJitterConfig], grayscale_p: float) -> "JitterDraw":
+        u = rng.random(6)
+        order = tuple(int(i) for i in rng.permutation(4))
+        if cj is None:
+            return JitterDraw(grayscale=bool(u[5] < grayscale_p))
+        return JitterDraw(
+            apply=bool(u[0] < cj.p),
+            brightness=1 + cj.brightness * (2 * u[1] - 1),
+            contrast=1 + cj.contrast * (2 * u[2] - 1),
+            saturation=1 + cj.saturation * (2 * u[3] - 1),
+            hue=cj.hue * (2 * u[4] - 1),
+            order=order,
+            grayscale=bool(u[5] < grayscale_p),
+        )
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        """Apply to an RGB PIL image (torchvision's PIL semantics: blends with black / mean grey / grayscale, hue shift in HSV)."""
+        if self.apply:
+            for op in self.order:
+                if op == 0 and self.brightness != 1:
+                    img = ImageEnhance.Brightness(img).enhance(self.brightness)
+                elif op == 1 and self.contrast != 1:
+                    img = ImageEnhance.Contrast(img).enhance(self.contrast)
+                elif op == 2 and self.saturation != 1:
+                    img = ImageEnhance.Color(img).enhance(self.saturation)
+                elif op == 3 and self.hue != 0:
+                    img = adjust_hue(img, self.hue)
+        if self.grayscale:
+            img = img.convert("L").convert("RGB")
+        return img
+
+
+def adjust_hue(img: Image.Image, hue: float) -> Image.Image:
+    """Rotate the hue of an RGB image by `hue` turns (in [-0.5, 0.5]); uint8 hue wraps around like torchvision's."""
+    h, s, v = img.convert("HSV").split()
+    shift = int(np.uint8(np.int64(round(hue * 255)) % 256))
+    h = h.point(lambda x: (x + shift) % 256)
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
