@@ -3,6 +3,8 @@
 # Ascend users pin torch to their torch_npu build).
 #   ./launch.sh demo   small end-to-end run on the CPU
 #   ./launch.sh test   the whole test suite (extra arguments go to pytest)
+#   ./launch.sh multinode --hostfile F [--ds-config ds_configs/zero2.json] --config CFG [key=value ...]
+#                      training across nodes with the deepspeed launcher (run on the first node)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -51,8 +53,27 @@ case "$cmd" in
     log "demo: one forward/backward of the small preset on random images"
     exec "$PYTHON" -m vggt_train model-info --preset small --images 2 --size 224x224 "$@"
     ;;
+  multinode)
+    hostfile="" ds_config="ds_configs/zero2.json" rest=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --hostfile) hostfile="$2"; shift 2 ;;
+        --ds-config) ds_config="$2"; shift 2 ;;
+        *) rest+=("$1"); shift ;;
+      esac
+    done
+    if [ -z "$hostfile" ] || [ ! -f "$hostfile" ]; then
+      echo "multinode: --hostfile FILE is required (lines like 'node1 slots=8'); got '${hostfile}'" >&2
+      exit 2
+    fi
+    # DS_LAUNCHER_ARGS passes extra deepspeed-launcher options, e.g. "--master_addr node1 --master_port 29500"
+    log "deepspeed launcher: hostfile $hostfile, DeepSpeed config $ds_config"
+    # shellcheck disable=SC2086
+    exec "$PYTHON" -m deepspeed.launcher.runner --hostfile "$hostfile" ${DS_LAUNCHER_ARGS:-} \
+      --no_local_rank --module vggt_train.train "${rest[@]}" "deepspeed=$ds_config"
+    ;;
   help|-h|--help)
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command '$cmd'; use: ./launch.sh demo | ./launch.sh test" >&2

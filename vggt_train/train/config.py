@@ -83,6 +83,8 @@ class TrainLoopConfig:
 class TrainConfig:
     output_dir: str = "runs/default"
     resume: Optional[str] = None  # None | "auto" | a checkpoint directory
+    # DeepSpeed JSON for runs started by the deepspeed launcher (accelerate launch takes it from its own config)
+    deepspeed: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -129,10 +131,17 @@ def _coerce(value: Any, typ, where: str):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
     if typ is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no/yes/off/on as a boolean (mixed_precision: no)
+            value = "no" if value is False else "yes"
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
@@ -253,6 +262,7 @@ def validate(c: TrainConfig) -> None:
     need(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
     need(t.ckpt_every >= 0 and t.keep_last >= 1, "train.ckpt_every must be >= 0 and train.keep_last >= 1")
     need(t.max_nonfinite_in_row >= 1, f"train.max_nonfinite_in_row={t.max_nonfinite_in_row} must be >= 1")
+    need(c.deepspeed is None or Path(c.deepspeed).is_file(), f"deepspeed={c.deepspeed!r}: DeepSpeed config file not found")
     need(c.resume in (None, "auto") or Path(c.resume).is_dir(), f"resume={c.resume!r}: use auto or an existing checkpoint directory")
     enabled = [name for name in ("camera", "depth", "point", "track") if getattr(c.loss, name)]
     need(bool(enabled), "loss: enable at least one of camera, depth, point, track")

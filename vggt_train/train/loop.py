@@ -63,7 +63,14 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
     handlers = []
     if "RANK" in os.environ or "LOCAL_RANK" in os.environ:  # started by a launcher: a process group is wanted
         handlers.append(InitProcessGroupKwargs(backend=_process_group_backend(), timeout=datetime.timedelta(minutes=60)))
+    plugin_kwargs = {}
+    if cfg.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
+        # started by the deepspeed launcher rather than accelerate launch: bring our own plugin
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin_kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed)
     accelerator = Accelerator(
+        **plugin_kwargs,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         mixed_precision="no",  # we autocast ourselves so the heads can stay in float32 with fp32 master weights
         log_with="tensorboard",
