@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vggt-train's two commands. Both set up what is missing first (never replacing an installed torch:
 # Ascend users pin torch to their torch_npu build).
-#   ./launch.sh demo   small end-to-end run on the CPU
+#   ./launch.sh demo   synthetic Co3D -> shards -> 2-process DeepSpeed training on the CPU -> export -> loss plot
 #   ./launch.sh test   the whole test suite (extra arguments go to pytest)
 #   ./launch.sh multinode --hostfile F [--ds-config ds_configs/zero2.json] --config CFG [key=value ...]
 #                      training across nodes with the deepspeed launcher (run on the first node)
@@ -50,8 +50,21 @@ case "$cmd" in
     ;;
   demo)
     setup
-    log "demo: one forward/backward of the small preset on random images"
-    exec "$PYTHON" -m vggt_train model-info --preset small --images 2 --size 224x224 "$@"
+    out="runs/demo"
+    log "demo 1/5: a synthetic Co3D (2 categories x 5 sequences x 24 frames) in $out/data/raw"
+    rm -rf "$out"
+    "$PYTHON" -m vggt_train make-synthetic-co3d --out "$out/data/raw" --categories tv,apple --sequences 4 \
+      --test-sequences 1 --frames 24 --size 84x112 --seed 0
+    log "demo 2/5: convert it to Arrow shards in $out/data/shards"
+    "$PYTHON" -m vggt_train convert-co3d --co3d-dir "$out/data/raw/co3d" --annotation-dir "$out/data/raw/annotations" \
+      --out "$out/data/shards" --workers 1
+    log "demo 3/5: train the tiny VGGT with accelerate + DeepSpeed ZeRO-2 on 2 CPU processes (configs/demo_cpu.yaml)"
+    OMP_NUM_THREADS=1 "$PYTHON" -m accelerate.commands.launch --config_file accelerate_configs/cpu_2p.yaml \
+      -m vggt_train.train --config configs/demo_cpu.yaml "$@"
+    log "demo 4/5: export the last checkpoint to an official-format checkpoint"
+    "$PYTHON" -m vggt_train export "$out" "$out/model.safetensors"
+    log "demo 5/5: loss plot and summary"
+    "$PYTHON" -m vggt_train plot-metrics "$out/metrics.jsonl" --out "$out/loss.png"
     ;;
   multinode)
     hostfile="" ds_config="ds_configs/zero2.json" rest=()

@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vggt_train.train.cli", "train or fine-tune VGGT from a YAML config with key=value overrides (accelerate + DeepSpeed)"),
     "export": ("vggt_train.train.export", "consolidate a training checkpoint (DeepSpeed ZeRO shards too) into an official model.pt/.safetensors"),
+    "plot-metrics": ("vggt_train.train.plot", "plot a run's loss curve to PNG and print a summary (first/last loss, samples/s)"),
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
     "convert-co3d": ("vggt_train.data.convert", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
     "merge-shards": ("vggt_train.data.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),

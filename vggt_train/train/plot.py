@@ -1,0 +1,97 @@
+"""`vggt-train plot-metrics`: a loss plot (PNG) and a short summary of a run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("metrics", help="a run's metrics.jsonl (or its output_dir)")
+    parser.add_argument("--out", help="PNG to write (default: loss.png next to metrics.jsonl)")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # the last line of a killed run may be cut short; everything before it is still good
+            print(f"warning: {path}:{i} is not valid JSON; skipped")
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """First/last training loss (mean of the first/last 10 logged steps), throughput, validation, skips."""
+    train = [r for r in records if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
+    val = [r for r in records if r.get("split") == "val"]
+    if not train:
+        return {}
+    head, tail = train[:10], train[-10:]
+    out = {
+        "steps": train[-1]["step"],
+        "first_loss": statistics.fmean(r["loss"] for r in head),
+        "last_loss": statistics.fmean(r["loss"] for r in tail),
+        "samples_per_s": statistics.median(r["samples_per_s"] for r in train if "samples_per_s" in r),
+        "images_per_s": statistics.median(r["images_per_s"] for r in train if "images_per_s" in r),
+        "skipped_steps": sum(1 for r in train if r.get("skipped")),
+    }
+    if val:
+        out["first_val_loss"], out["last_val_loss"] = val[0]["loss"], val[-1]["loss"]
+    return out
+
+
+def plot(records: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("split") == "train"]
+    val = [r for r in records if r.get("split") == "val"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.5, label="train loss")
+    if len(train) >= 10:
+        k = max(5, len(train) // 20)
+        smooth = [statistics.fmean(r["loss"] for r in train[max(0, i - k + 1): i + 1]) for i in range(len(train))]
+        ax.plot([r["step"] for r in train], smooth, lw=2, label=f"train loss (mean of {k})")
+    if val:
+        ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", lw=2, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("objective")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title("VGGT training")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vggt_train.cli import CLIError
+
+    path = Path(args.metrics)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise CLIError(f"metrics file not found: {path}")
+    records = read_metrics(path)
+    summary = summarize(records)
+    if not summary:
+        raise CLIError(f"{path} has no training records yet")
+    out = Path(args.out) if args.out else path.with_name("loss.png")
+    plot(records, out)
+    print(f"steps {summary['steps']}, skipped {summary['skipped_steps']}")
+    print(f"train loss {summary['first_loss']:.4f} (first 10 steps) -> {summary['last_loss']:.4f} (last 10 steps)")
+    if "first_val_loss" in summary:
+        print(f"validation loss {summary['first_val_loss']:.4f} -> {summary['last_val_loss']:.4f}")
+    print(f"throughput {summary['samples_per_s']:.1f} samples/s, {summary['images_per_s']:.1f} images/s (median)")
+    print(f"loss plot: {out}")
+    return 0
