@@ -28,9 +28,11 @@ def _default_scale(q: torch.Tensor, scale: Optional[float]) -> float:
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
-    """softmax(scale * q k^T) v with the softmax in float32 (bf16/fp16 exponentials lose too much); scale 1/sqrt(D)."""
+    """softmax(scale * q k^T) v, scale default 1/sqrt(D); fp16/bf16 scores take the softmax in float32 (their
+    exponentials lose too much), other dtypes keep theirs (float64 stays exact for the self-check's ground truth)."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * _default_scale(q, scale)  # [B, heads, Nq, Nk]
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    low_precision = scores.dtype in (torch.float16, torch.bfloat16)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32 if low_precision else None).to(v.dtype)
     return torch.matmul(probs, v)
 
 

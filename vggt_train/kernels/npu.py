@@ -9,8 +9,6 @@ import os
 import sys
 from typing import Optional
 
-import torch
-
 from vggt_train.kernels.registry import KernelError, library_error, load
 
 HCCL_BACKEND = "hccl"  # the torch.distributed backend of Ascend collectives (torch_npu registers it)
@@ -23,8 +21,10 @@ def device_present() -> bool:
     return bool(load("torch_npu").npu.is_available())
 
 
-def setup_npu(local_rank: Optional[int] = None, jit_compile: bool = False) -> torch.device:
-    """Make this process ready to train on its NPU; returns its device (`npu:<local_rank>`).
+def setup_npu(local_rank: Optional[int] = None, jit_compile: bool = False) -> str:
+    """Make this process ready to train on its NPU; returns its device string "npu:<local_rank>".
+
+    (A string: `torch.device("npu")` parses only once the real torch_npu has registered the device name.)
 
     - binds the card `local_rank` (default: $LOCAL_RANK, else 0) before any collective: HCCL communicators are
       created on the current device, so every rank must set its own first;
@@ -46,7 +46,7 @@ def setup_npu(local_rank: Optional[int] = None, jit_compile: bool = False) -> to
     torch_npu.npu.set_device(rank)
     torch_npu.npu.config.allow_internal_format = False
     torch_npu.npu.set_compile_mode(jit_compile=jit_compile)
-    return torch.device("npu", rank)
+    return f"npu:{rank}"
 
 
 def jit_compile_enabled() -> bool:
