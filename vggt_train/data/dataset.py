@@ -409,11 +409,10 @@ class MultiViewDataset:
                 continue
             if k:
                 replaced.append(f"{seq}/{pos} -> {seq}/{p}")
-            image = jitter(image)
-            arr = np.array(image)  # writable copy: torch refuses read-only PIL buffers
             img_t = out["images"][b, v]
-            img_t.copy_(torch.from_numpy(arr).permute(2, 0, 1))
+            img_t.copy_(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # np.array: torch refuses read-only buffers
             img_t.div_(255.0)
+            jitter(img_t)
             depth_t = out["depths"][b, v]
             depth_t.copy_(torch.from_numpy(np.ascontiguousarray(depth)))
             torch.gt(depth_t, 0, out=out["point_masks"][b, v])

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageEnhance
+import torch
+from PIL import Image
 
 try:
     _LANCZOS, _BICUBIC = Image.Resampling.LANCZOS, Image.Resampling.BICUBIC
@@ -217,7 +218,8 @@ def resample_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
         return out
     rows = np.clip(np.floor(y0 + (np.arange(vh) + 0.5) / sy).astype(np.int64), top, top + h1 - 1)
     cols = np.clip(np.floor(x0 + (np.arange(vw) + 0.5) / sx).astype(np.int64), left, left + w1 - 1)
-    out[:vh, :vw] = depth[rows[:, None], cols[None, :]]
+    # rows first, then columns: two 1-D takes are ~2x faster than one 2-D fancy index
+    out[:vh, :vw] = np.take(np.take(depth, rows, axis=0), cols, axis=1)
     bad = ~np.isfinite(out)
     if bad.any():  # NaN/inf would poison the points and the batch scale; they mean "no depth"
         out[bad] = 0
@@ -248,7 +250,7 @@ def rotate_camera(extrinsic: np.ndarray, intrinsic: np.ndarray, hw: Tuple[int, i
 # ----------------------------------------------------------------------------------------------- colour
 @dataclass(frozen=True)
 class JitterDraw:
-    """One draw of RandomApply(ColorJitter) + RandomGrayscale; factors None where the op is not applied."""
+    """One draw of RandomApply(ColorJitter) + RandomGrayscale (factors, op order, whether each part applies)."""
 
     apply: bool = False
     brightness: float = 1.0
@@ -274,26 +276,55 @@ class JitterDraw:
             grayscale=bool(u[5] < grayscale_p),
         )
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        """Apply to an RGB PIL image (torchvision's PIL semantics: blends with black / mean grey / grayscale, hue shift in HSV)."""
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """Apply in place to an RGB image [3, H, W] float in [0, 1] (torchvision's tensor ColorJitter semantics:
+        scale / blend with the mean grey / blend with the grayscale / HSV hue rotation, clamped after each op)."""
         if self.apply:
             for op in self.order:
                 if op == 0 and self.brightness != 1:
-                    img = ImageEnhance.Brightness(img).enhance(self.brightness)
+                    img.mul_(self.brightness).clamp_(0, 1)
                 elif op == 1 and self.contrast != 1:
-                    img = ImageEnhance.Contrast(img).enhance(self.contrast)
+                    mean = float(grayscale(img).mean())
+                    img.mul_(self.contrast).add_((1 - self.contrast) * mean).clamp_(0, 1)
                 elif op == 2 and self.saturation != 1:
-                    img = ImageEnhance.Color(img).enhance(self.saturation)
+                    gray = grayscale(img)
+                    img.mul_(self.saturation).add_(gray.mul_(1 - self.saturation)).clamp_(0, 1)
                 elif op == 3 and self.hue != 0:
-                    img = adjust_hue(img, self.hue)
+                    rotate_hue_(img, self.hue)
         if self.grayscale:
-            img = img.convert("L").convert("RGB")
+            img.copy_(grayscale(img).expand_as(img))
         return img
 
 
-def adjust_hue(img: Image.Image, hue: float) -> Image.Image:
-    """Rotate the hue of an RGB image by `hue` turns (in [-0.5, 0.5]); uint8 hue wraps around like torchvision's."""
-    h, s, v = img.convert("HSV").split()
-    shift = int(np.uint8(np.int64(round(hue * 255)) % 256))
-    h = h.point(lambda x: (x + shift) % 256)
-    return Image.merge("HSV", (h, s, v)).convert("RGB")
+def grayscale(img: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma [1, H, W] of an RGB image [3, H, W] (the weights torchvision uses)."""
+    return (0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
+
+
+def rotate_hue_(img: torch.Tensor, hue: float) -> torch.Tensor:
+    """Rotate the HSV hue of an RGB image [3, H, W] in [0, 1] by `hue` turns, in place.
+
+    Equal to RGB -> HSV, h += hue (mod 1), HSV -> RGB, without the round trip: the hue rotation keeps each pixel's
+    max M and min m, and channel c becomes m + (M - m) * f_c(h6) with the HSV trapezoids f_c of h6 = 6 h.
+    Written with masks and arithmetic only (torch.where / remainder / argmax are several times slower on CPU).
+    """
+    r, g, b = img[0], img[1], img[2]
+    mx, mn = torch.amax(img, 0), torch.amin(img, 0)
+    chroma = mx - mn
+    # the sector of the max channel, ties resolved r, then g, then b (as torchvision's _rgb2hsv)
+    is_r = (mx == r).float()
+    is_g = (mx == g).float().mul_(1 - is_r)
+    is_b = 1 - is_r - is_g
+    h6 = (g - b).mul_(is_r)
+    h6 += (b - r).add_(chroma, alpha=2).mul_(is_g)
+    h6 += (r - g).add_(chroma, alpha=4).mul_(is_b)
+    # grey pixels (chroma 0) have a zero numerator, so any finite divisor leaves them grey
+    h6.div_(chroma.clamp_min(1e-12)).add_(6 * hue + 6)
+    h6 -= 6 * torch.floor(h6 / 6)
+    for c, centre in enumerate((0.0, 2.0, 4.0)):
+        # cyclic distance of h6 from the channel's centre; the trapezoid is 1 within 1 of it, 0 beyond 2
+        dist = h6 + (3 - centre)
+        dist -= 6 * torch.floor(dist / 6)
+        dist.sub_(3).abs_()
+        torch.addcmul(mn, chroma, (2 - dist).clamp_(0, 1), out=img[c])
+    return img
