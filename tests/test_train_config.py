@@ -144,3 +144,11 @@ def test_checkpoint_bookkeeping(tmp_path):
     assert [p.name for p in removed] == ["step_00000001"]
     assert [p.name for p in checkpointing.list_complete(out)] == ["step_00000002", "step_00000003"]
     assert not partial.exists()
+
+
+def test_a_data_path_without_shards_is_a_config_error(tmp_path):
+    from vggt_train.train.data import TrainData
+
+    cfg = load_config(None, [f"data.path={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.path=.*convert-co3d"):
+        TrainData(cfg)

@@ -1,60 +1,73 @@
-"""The trainer's view of the data: per-rank micro-batch streams for training and validation, and their state."""
+"""The trainer's view of the data: one rank's micro-batch streams (training, validation) and their checkpoint state.
+
+Training draws step t's global batch from (seed, t) only and gives rank r its slice, so a run's batches do not
+depend on the number of processes and a resumed run continues the same stream from the saved step.
+"""
 
 from __future__ import annotations
 
-import itertools
+import warnings
 from typing import Dict, Iterator, Optional
 
-import torch
+from vggt_train.train.config import ConfigError, TrainConfig
 
-from vggt_train.train.config import TrainConfig
+# validation draws from its own stream, fixed across evaluations so successive validation losses compare
+_VAL_SEED_OFFSET = 1_000_003
 
 
 class TrainData:
-    """DEV STUB: random batches with normalised-looking geometry (to be replaced by the shard pipeline)."""
+    """Datasets and step planners for a run; streams are built per rank once the accelerator is up."""
 
     def __init__(self, cfg: TrainConfig):
+        from vggt_train.data.dataset import MultiViewDataset
+        from vggt_train.data.sampler import StepPlanner
+
         self.cfg = cfg
-        self.step = 0
+        d = cfg.data
+        try:
+            self.train_set = MultiViewDataset(d.path, d.train_split, img_size=d.img_size, patch_size=d.patch_size, augment=d.augment)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"data.path={d.path!r} / data.train_split={d.train_split!r}: {exc}") from None
+
+        def planner(dataset, seed: int) -> StepPlanner:
+            return StepPlanner(dataset.index_info(), img_nums=d.img_nums, aspect_range=d.aspect_range, len_train=d.len_train,
+                               seed=seed, frame_sampling=d.frame_sampling, max_img_per_gpu=d.max_img_per_gpu)
+
+        self.planner = planner(self.train_set, cfg.train.seed)
+        self.val_set = self.val_planner = None
+        if d.val_split and cfg.train.val_every:
+            try:
+                self.val_set = MultiViewDataset(d.path, d.val_split, img_size=d.img_size, patch_size=d.patch_size, augment=False)
+                self.val_planner = planner(self.val_set, cfg.train.seed + _VAL_SEED_OFFSET)
+            except FileNotFoundError as exc:
+                warnings.warn(f"no validation: data.val_split={d.val_split!r} is not in {d.path} ({exc})", stacklevel=2)
 
     def nominal_samples_per_rank(self) -> int:
-        return max(1, self.cfg.data.max_img_per_gpu // self.cfg.data.img_nums[0])
+        """Samples in a rank's micro-batch at the smallest image count (what DeepSpeed's config is told)."""
+        return self.planner.samples_per_rank(self.cfg.data.img_nums[0])
 
-    def _batch(self, step: int, rank: int, world: int, micro: int, val: bool) -> Dict:
-        from vggt_train.geometry import depth_to_world_points, normalize_batch
+    def train_stream(self, rank: int, world_size: int, start_step: int = 0) -> Iterator[Dict]:
+        """Micro-batches of this rank from `start_step` on: grad_accum_steps items per optimiser step, in order."""
+        from vggt_train.data.loader import RankBatchStream, make_loader
 
+        stream = RankBatchStream(self.train_set, self.planner, rank, world_size, self.cfg.train.grad_accum_steps, start_step)
         d = self.cfg.data
-        g = torch.Generator().manual_seed(hash((d.len_train, step, val)) % (2**31))
-        S = int(torch.randint(d.img_nums[0], d.img_nums[1] + 1, (1,), generator=g))
-        B = max(1, d.max_img_per_gpu // S)
-        G = B * world * self.cfg.train.grad_accum_steps
-        H = W = d.img_size
-        imgs = torch.rand(G, S, 3, H, W, generator=g)
-        depth = 1 + imgs.mean(2)
-        ext = torch.zeros(G, S, 3, 4); ext[..., :3, :3] = torch.eye(3); ext[..., 2, 3] = torch.rand(G, S, generator=g)
-        intr = torch.tensor([[W, 0, W / 2], [0, W, H / 2], [0, 0, 1.0]]).expand(G, S, 3, 3).clone()
-        from vggt_train.geometry import depth_to_cam_points
-        cam = depth_to_cam_points(depth, intr)
-        world = depth_to_world_points(depth, ext, intr)
-        i0 = (micro * world + rank) * B if False else ((micro * (G // self.cfg.train.grad_accum_steps)) + rank * B)
-        sl = slice(i0, i0 + B)
-        batch = {"images": imgs[sl], "depths": depth[sl], "extrinsics": ext[sl], "intrinsics": intr[sl], "cam_points": cam[sl],
-                 "world_points": world[sl], "point_masks": torch.ones_like(depth[sl], dtype=torch.bool)}
-        return normalize_batch(batch)
+        return iter(make_loader(stream, num_workers=d.num_workers, prefetch_factor=d.prefetch_factor))
 
-    def train_stream(self, rank: int, world: int, start_step: int = 0) -> Iterator[Dict]:
-        for step in itertools.count(start_step):
-            for micro in range(self.cfg.train.grad_accum_steps):
-                yield self._batch(step, rank, world, micro, False)
+    def val_stream(self, rank: int, world_size: int) -> Optional[Iterator[Dict]]:
+        """The same validation micro-batches at every evaluation (no augmentation), or None without a val split."""
+        if self.val_set is None:
+            return None
+        from vggt_train.data.loader import RankBatchStream
 
-    def val_stream(self, rank: int, world: int) -> Optional[Iterator[Dict]]:
-        return (self._batch(10**6 + i, rank, world, 0, True) for i in itertools.count())
+        return iter(RankBatchStream(self.val_set, self.val_planner, rank, world_size, 1, 0))
 
     def advance(self, step: int) -> None:
-        self.step = step
+        self.planner.advance(step)
 
     def state_dict(self) -> Dict:
-        return {"step": self.step}
+        return {"planner": self.planner.state_dict()}
 
     def load_state_dict(self, state: Dict) -> None:
-        self.step = state.get("step", self.step)
+        if "planner" in state:
+            self.planner.load_state_dict(state["planner"])

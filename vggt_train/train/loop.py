@@ -145,7 +145,7 @@ class Trainer:
 
         self.cfg = cfg
         kernels.configure(cfg.kernels)
-        self.data = train_data.TrainData(cfg)
+        self.data = train_data.TrainData(cfg)  # opens the dataset: a bad data.path fails before any model is built
         self.accelerator = build_accelerator(cfg, self.data.nominal_samples_per_rank())
         acc = self.accelerator
         torch.manual_seed(cfg.train.seed)
