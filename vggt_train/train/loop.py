@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional
@@ -338,7 +339,10 @@ class Trainer:
         if acc.is_main_process and cfg.train.progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+            # redraw often on a terminal; in a log file (no TTY) a line every 30 s is enough
+            interactive = sys.stderr.isatty()
+            progress = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
+                            mininterval=0.1 if interactive else 30.0)
         try:
             while self.state.step < cfg.train.max_steps:
                 record = self.train_step(stream)  # its "step" is the number of steps completed with it

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else path.with_name("loss.png")
     plot(records, out)
     print(f"steps {summary['steps']}, skipped {summary['skipped_steps']}")
-    print(f"train loss {summary['first_loss']:.4f} (first 10 steps) -> {summary['last_loss']:.4f} (last 10 steps)")
+    print(f"train loss {summary['first_loss']:.4f} (mean of the first 10 logged steps) -> {summary['last_loss']:.4f} (last 10)")
     if "first_val_loss" in summary:
         print(f"validation loss {summary['first_val_loss']:.4f} -> {summary['last_val_loss']:.4f}")
     print(f"throughput {summary['samples_per_s']:.1f} samples/s, {summary['images_per_s']:.1f} images/s (median)")
