@@ -1,0 +1,157 @@
+"""MultiViewDataset over converted synthetic Co3D: shapes, geometry, multi-view consistency, determinism, raw
+reader parity, bad rows."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline_data import corrupt_bytes_in_file, reprojection_errors, tiny_dataset
+from vggt_train.data.dataset import BadFrame, InMemorySource, MultiViewDataset
+from vggt_train.data.transforms import AugmentConfig, rotate_camera
+from vggt_train.geometry import depth_to_cam_points, depth_to_world_points
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def ds(data):
+    return MultiViewDataset(data["root"], "train", img_size=56)
+
+
+@pytest.mark.parametrize("S,aspect,augment", [(2, 1.0, True), (5, 0.5, True), (3, 0.75, False), (4, 1.25, True), (1, 1.0, False)])
+def test_sample_shapes_and_contents(data, S, aspect, augment):
+    ds = MultiViewDataset(data["root"], "train", img_size=56, augment=augment)
+    H, W = ds.target_shape(aspect)
+    s = ds.get_sample(ds.sequences[1], list(range(0, 3 * S, 3)), aspect_ratio=aspect, aug_seed=5)
+    assert s["images"].shape == (S, 3, H, W) and s["images"].dtype == torch.float32
+    assert s["depths"].shape == (S, H, W) and s["point_masks"].dtype == torch.bool
+    assert s["extrinsics"].shape == (S, 3, 4) and s["intrinsics"].shape == (S, 3, 3)
+    assert s["cam_points"].shape == s["world_points"].shape == (S, H, W, 3)
+    assert 0 <= s["images"].min() and s["images"].max() <= 1 and s["images"].std() > 0.05
+    assert torch.equal(s["point_masks"], s["depths"] > 0) and s["point_masks"].float().mean() > 0.3
+    assert s["seq_name"] == ds.sequences[1] and s["category"] in ("apple", "tv") and s["replaced"] == []
+    # points are the depth unprojected with the returned cameras (the geometry module's convention)
+    cam = depth_to_cam_points(s["depths"].double(), s["intrinsics"].double())
+    world = depth_to_world_points(s["depths"].double(), s["extrinsics"].double(), s["intrinsics"].double())
+    torch.testing.assert_close(s["cam_points"].double(), cam, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(s["world_points"].double(), world, atol=1e-4, rtol=1e-5)
+
+
+def _raw_baseline(ds, seq, a, b):
+    fr = [ds.source.read_frame(seq, i) for i in (a, b)]
+    D = torch.tensor(np.stack([f.depth.astype(np.float64) for f in fr]))
+    E = torch.tensor(np.stack([f.extrinsic for f in fr]))
+    K = torch.tensor(np.stack([f.intrinsic for f in fr]))
+    world = depth_to_world_points(D, E, K)
+    return reprojection_errors(world[0], D[0] > 0, E[1], K[1], D[1])
+
+
+def _check_reprojection(sample, baseline):
+    err = reprojection_errors(sample["world_points"][0], sample["point_masks"][0], sample["extrinsics"][1],
+                              sample["intrinsics"][1], sample["depths"][1])
+    assert len(err) > 500
+    # the only extra error is the nearest-neighbour depth resampling at the lower resolution
+    assert np.median(err) < 2 * np.median(baseline) + 0.002, (np.median(err), np.median(baseline))
+    assert (err < 0.02).mean() > 0.6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_world_points_of_one_view_reproject_onto_the_depth_of_another(data, seed):
+    ds = MultiViewDataset(data["root"], "train", img_size=70)
+    seq = ds.sequences[seed % len(ds.sequences)]
+    a = 3 * seed
+    s = ds.get_sample(seq, [a, a + 1], aspect_ratio=0.75, aug_seed=seed)
+    _check_reprojection(s, _raw_baseline(ds, seq, a, a + 1))
+
+
+def test_reprojection_survives_the_portrait_rotation(data):
+    """Portrait sources (the synthetic frames rotated by 90 degrees, cameras adjusted exactly) with landscape_check:
+    some views get rotated back into the landscape target; the geometry stays consistent."""
+    base = MultiViewDataset(data["root"], "train", img_size=70)
+    seq = base.sequences[0]
+    frames = []
+    for p in range(4):
+        f = base.source.read_frame(seq, p)
+        E, K = rotate_camera(f.extrinsic, f.intrinsic, f.depth.shape, 1)
+        img = np.rot90(np.asarray(Image.open(io.BytesIO(f.image)).convert("RGB")), 1)
+        frames.append({"image": np.ascontiguousarray(img), "depth": np.ascontiguousarray(np.rot90(f.depth, 1)), "extrinsic": E, "intrinsic": K})
+    ds = MultiViewDataset.from_source(InMemorySource({seq: frames}), img_size=70, aug=AugmentConfig(landscape_check=True))
+    rotated = 0
+    for seed in range(6):
+        s = ds.get_sample(seq, [0, 1], aspect_ratio=0.6, aug_seed=seed)
+        assert s["images"].shape[-2:] == ds.target_shape(0.6)
+        # crops and resizes keep the extrinsic; a rotated view's camera turns about its optical axis
+        rotated += int(not np.allclose(s["extrinsics"][0].numpy(), frames[0]["extrinsic"], atol=1e-6))
+        _check_reprojection(s, _raw_baseline(base, seq, 0, 1))
+    assert rotated > 0
+
+
+def test_determinism(data, ds):
+    seq = ds.sequences[2]
+    a = ds.get_sample(seq, [1, 4, 7], 0.75, aug_seed=11)
+    b = MultiViewDataset(data["root"], "train", img_size=56).get_sample(seq, [1, 4, 7], 0.75, aug_seed=11)
+    c = ds.get_sample(seq, [1, 4, 7], 0.75, aug_seed=12)
+    for k in ("images", "depths", "world_points", "intrinsics"):
+        assert torch.equal(a[k], b[k])
+    assert not torch.equal(a["images"], c["images"])
+    plain = MultiViewDataset(data["root"], "train", img_size=56, augment=False)
+    x, y = plain.get_sample(seq, [1, 4], 1.0, aug_seed=1), plain.get_sample(seq, [1, 4], 1.0, aug_seed=2)
+    assert all(torch.equal(x[k], y[k]) for k in ("images", "depths", "world_points"))
+
+
+def test_raw_reader_gives_the_same_samples_as_the_shards(data, ds):
+    raw = MultiViewDataset.from_raw(data["co3d_dir"], data["annotation_dir"], "train", img_size=56)
+    assert raw.sequences == ds.sequences
+    for seq in ds.sequences[:2]:
+        a, b = ds.get_sample(seq, [0, 9, 23], 0.5, aug_seed=3), raw.get_sample(seq, [0, 9, 23], 0.5, aug_seed=3)
+        for k in ("images", "depths", "world_points", "extrinsics", "intrinsics", "point_masks"):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_undecodable_image_row_is_replaced_counted_and_reported(data, ds, tmp_path, caplog):
+    """Bit rot in a shard: one row's JPEG loses its header. That frame is replaced by the next position of its
+    sequence, deterministically (the sample equals the clean sample with that position moved by one)."""
+    split = tmp_path / "train"
+    shutil.copytree(os.path.join(data["root"], "train"), split)
+    seq, pos = ds.sequences[1], 6
+    jpeg = bytes(ds.source.read_frame(seq, pos).image)
+    shard = ds.source._where(seq, pos, 0).split(" (")[0]
+    corrupt_bytes_in_file(str(split / os.path.basename(shard)), jpeg, b"\0" * 16)  # the whole JPEG is unique in the file
+    bad = MultiViewDataset(str(split), None, img_size=56, augment=False)
+    with caplog.at_level(logging.WARNING, logger="vggt_train.data"):
+        s = bad.get_sample(seq, [2, pos, 9], 1.0)
+    assert bad.bad_frames == 1 and s["replaced"] == [f"{seq}/{pos} -> {seq}/{pos + 1}"]
+    assert s["frame_ids"].tolist() == [2, pos + 1, 9]
+    message = caplog.text
+    assert seq in message and f"frame position {pos}" in message and "'image'" in message and os.path.basename(shard) in message
+    clean = MultiViewDataset(data["root"], "train", img_size=56, augment=False).get_sample(seq, [2, pos + 1, 9], 1.0)
+    assert torch.equal(s["images"], clean["images"]) and torch.equal(s["world_points"], clean["world_points"])
+
+
+def test_a_sequence_without_usable_frames_moves_the_sample_to_the_next_sequence(caplog):
+    rng = np.random.default_rng(0)
+    K = np.array([[40.0, 0, 31.5], [0, 40, 23.5], [0, 0, 1]])
+    E = np.concatenate([np.eye(3), np.zeros((3, 1))], 1)
+    good = [{"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "depth": np.full((48, 64), 2.0, np.float16),
+             "extrinsic": E, "intrinsic": K} for _ in range(3)]
+    broken = [dict(f, image=b"not a jpeg") for f in good]
+    wrong_depth = [dict(f, depth=np.ones((10, 10), np.float16)) for f in good]
+    ds = MultiViewDataset.from_source(InMemorySource({"broken": broken, "wrong_depth": wrong_depth, "good": good}), img_size=28)
+    with caplog.at_level(logging.WARNING, logger="vggt_train.data"):
+        s = ds.get_sample("broken", [0, 1], 1.0)
+    assert s["seq_name"] == "good" and s["replaced"][-1] == "sequence wrong_depth -> good"
+    assert ds.replaced_samples == 2 and ds.bad_frames == 6
+    assert "field 'image'" in caplog.text and "field 'depth'" in caplog.text and "memory:broken/0" in caplog.text
+    with pytest.raises(BadFrame):
+        ds._process(ds.source.read_frame("broken", 0), None, (28, 28))
