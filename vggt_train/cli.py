@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge-shards": ("vggt_train.data.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
     "verify-dataset": ("vggt_train.data.verify", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
     "make-synthetic-co3d": ("vggt_train.data.synthetic", "render procedural textured scenes with exact depth in the raw Co3D layout"),
+    "inspect-batch": ("vggt_train.data.inspect_cli", "draw one training batch: PNG grid (image, depth, mask per view) + PLY of its world points"),
     "kernels": ("vggt_train.kernels.cli", "list kernel backends per op (available, selected); --check compares each with the reference"),
 }
 
