@@ -56,9 +56,10 @@ def test_collate_of_samples_equals_load_batch(ds):
     stream = RankBatchStream(ds, make_planner(ds), 0, 1, 1)
     plan = stream.planner.rank_specs(4, 0, 1)
     samples = [ds.get_sample(s.sequence, s.frame_ids, plan.aspect_ratio, s.aug_seed) for s in plan.specs]
-    a, b = collate_and_normalize(samples), stream.batch(4)
-    for k in ("images", "depths", "extrinsics", "world_points", "cam_points", "point_masks"):
-        assert torch.equal(a[k], b[k]), k
+    a, b = collate_and_normalize(samples), stream.batch(4)  # geometry.normalize_batch vs the fused normalisation
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["point_masks"], b["point_masks"])
+    for k in ("depths", "extrinsics", "world_points", "cam_points"):
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
     assert collate_samples(samples)["seq_names"] == b["seq_names"]
 
 

@@ -268,6 +268,34 @@ def empty_batch(batch_size: int, num_images: int, hw) -> Dict[str, torch.Tensor]
     }
 
 
+def _homogeneous(extrinsic: np.ndarray) -> np.ndarray:
+    return np.concatenate([extrinsic, [[0.0, 0.0, 0.0, 1.0]]], 0)
+
+
+def _inverse_se3(extrinsic: np.ndarray) -> np.ndarray:
+    """[4, 4] inverse of a camera-from-world [3, 4] (R^T, -R^T t), in float64."""
+    inv = np.eye(4)
+    inv[:3, :3] = extrinsic[:, :3].T
+    inv[:3, 3] = -extrinsic[:, :3].T @ extrinsic[:, 3]
+    return inv
+
+
+# geometry.normalize_batch's bounds and count epsilon, so the fused normalisation gives the same numbers
+_SCALE_MIN, _SCALE_MAX, _COUNT_EPS = 1e-6, 1e6, 1e-3
+
+
+def _scale_sample_(out: Dict[str, torch.Tensor], b: int) -> None:
+    """Divide sample b's translations, depths, cam and world points (already in camera 0's frame) by the mean
+    distance of its valid world points, in place."""
+    mask = out["point_masks"][b]
+    dist = torch.linalg.vector_norm(out["world_points"][b], dim=-1)
+    total = dist.mul_(mask).sum()
+    scale = (total / (mask.sum() + _COUNT_EPS)).clamp(_SCALE_MIN, _SCALE_MAX)
+    for key in ("world_points", "cam_points", "depths"):
+        out[key][b].div_(scale)
+    out["extrinsics"][b, :, :, 3].div_(scale)
+
+
 class _SequenceUnusable(Exception):
     pass
 
@@ -344,9 +372,13 @@ class MultiViewDataset:
             out.pop(k)
         return out
 
-    def load_batch(self, specs: Sequence[SampleSpec], aspect_ratio: float = 1.0) -> Dict[str, Any]:
+    def load_batch(self, specs: Sequence[SampleSpec], aspect_ratio: float = 1.0, normalize: bool = False) -> Dict[str, Any]:
         """[B, S, ...] tensors for B specs with the same S, filled in place (no per-sample stacking copy).
 
+        normalize=True applies the official batch normalisation (geometry.normalize_batch: camera 0 becomes the
+        world origin, translations / depths / points divided by the mean distance of the valid world points) fused
+        into the point computation: the points are computed in camera 0's frame directly and scaled in place,
+        several times cheaper than normalising afterwards (same result to float32 rounding; tested).
         Extra keys: seq_names [B], categories [B], replaced [B] lists of replaced frames, frame_ids / frames [B, S]
         (positions used, annotation frame indices).
         """
@@ -359,7 +391,7 @@ class MultiViewDataset:
         out = empty_batch(len(specs), S, hw)
         out.update(seq_names=[], categories=[], replaced=[])
         for b, spec in enumerate(specs):
-            seq, replaced = self._fill_sample(out, b, spec, hw)
+            seq, replaced = self._fill_sample(out, b, spec, hw, normalize)
             out["seq_names"].append(seq)
             out["categories"].append(self.source.category(seq))
             out["replaced"].append(replaced)
@@ -377,15 +409,18 @@ class MultiViewDataset:
             jitters = [JitterDraw.draw(rng, cj, gp) for _ in range(S)]
         return views, jitters
 
-    def _fill_sample(self, out: Dict, b: int, spec: SampleSpec, hw):
+    def _fill_sample(self, out: Dict, b: int, spec: SampleSpec, hw, normalize: bool):
         views, jitters = self._draws(spec, len(spec.frame_ids))
         seq, replaced = spec.sequence, []
         if seq not in self._seq_pos:
             raise KeyError(f"sequence {seq!r} is not in the dataset")
         for attempt in range(self.max_sequence_retries):
             try:
+                frame0 = {} if normalize else None
                 for v, pos in enumerate(spec.frame_ids):
-                    self._fill_view(out, b, v, seq, pos, views[v], jitters[v], hw, replaced)
+                    self._fill_view(out, b, v, seq, pos, views[v], jitters[v], hw, replaced, frame0)
+                if normalize:
+                    _scale_sample_(out, b)
                 return seq, replaced
             except _SequenceUnusable:
                 nxt = self.sequences[(self._seq_pos[seq] + 1) % len(self.sequences)]
@@ -396,7 +431,9 @@ class MultiViewDataset:
         raise RuntimeError(f"{self.max_sequence_retries} sequences in a row had no usable frame (last: {seq}); "
                            f"the dataset looks corrupt: run `vggt-train verify-dataset`")
 
-    def _fill_view(self, out, b, v, seq, pos, draw, jitter, hw, replaced):
+    def _fill_view(self, out, b, v, seq, pos, draw, jitter, hw, replaced, frame0):
+        """Fill view v of sample b; with frame0 (a dict, empty for view 0) the cameras and points are expressed
+        relative to view 0's camera (its inverse is stored in frame0)."""
         n = self.source.num_frames(seq)
         pos = int(pos) % n
         for k in range(min(n, self.max_frame_retries)):
@@ -416,6 +453,10 @@ class MultiViewDataset:
             depth_t = out["depths"][b, v]
             depth_t.copy_(torch.from_numpy(np.ascontiguousarray(depth)))
             torch.gt(depth_t, 0, out=out["point_masks"][b, v])
+            if frame0 is not None:
+                if "inverse" not in frame0:
+                    frame0["inverse"] = _inverse_se3(extri)
+                extri = (_homogeneous(extri) @ frame0["inverse"])[:3]
             points_into(depth_t, intri, extri, out["cam_points"][b, v], out["world_points"][b, v])
             out["extrinsics"][b, v] = torch.from_numpy(np.array(extri, dtype=np.float32))
             out["intrinsics"][b, v] = torch.from_numpy(np.array(intri, dtype=np.float32))
@@ -440,6 +481,8 @@ class MultiViewDataset:
             raise BadFrame(frame.where, "image", f"cannot be decoded: {type(exc).__name__}: {exc}") from None
         depth = resample_depth(frame.depth, plan)
         extri, intri = np.asarray(frame.extrinsic, np.float64), plan.intrinsic
+        if not (np.isfinite(extri).all() and np.isfinite(intri).all() and intri[0, 0] > 0 and intri[1, 1] > 0):
+            raise BadFrame(frame.where, "extrinsic/intrinsic", "non-finite camera or focal length <= 0")
         if plan.rot90_k:
             image = image.transpose(_ROTATE_CW if plan.rot90_k == -1 else _ROTATE_CCW)
             depth = np.rot90(depth, plan.rot90_k)

@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vggt_train.data import collate
 from vggt_train.data.dataset import MultiViewDataset
 from vggt_train.data.sampler import StepPlanner
 
@@ -44,9 +43,7 @@ class RankBatchStream(IterableDataset):
     def batch(self, step: int, micro_step: int = 0) -> Dict[str, Any]:
         """The micro-batch `micro_step` of `step` for this rank (what iteration yields; usable without a DataLoader)."""
         plan = self.planner.rank_specs(step, self.rank, self.world_size, micro_step, self.accum_steps)
-        batch = self.dataset.load_batch(plan.specs, plan.aspect_ratio)
-        if self.normalize:
-            batch = collate.normalize(batch)
+        batch = self.dataset.load_batch(plan.specs, plan.aspect_ratio, normalize=self.normalize)
         batch.update(step=plan.step, micro_step=int(micro_step), aspect_ratio=plan.aspect_ratio)
         return batch
 
