@@ -228,8 +228,11 @@ def resolve_split_dir(path: str, split: Optional[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the dataset
-def points_into(depth: torch.Tensor, intrinsic: np.ndarray, extrinsic: np.ndarray, cam_out: torch.Tensor, world_out: torch.Tensor) -> None:
+def points_into(depth: torch.Tensor, intrinsic: np.ndarray, extrinsic: np.ndarray, cam_out: torch.Tensor, world_out: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> float:
     """Unproject depth [H, W] into cam_out and world_out [H, W, 3] (integer pixel centres, as geometry.depth_to_cam_points).
+
+    Returns the sum of |world point| over `mask` [H, W] (0.0 without a mask), for the batch normalisation.
 
     world = depth * R^T K^-1 [u, v, 1] + (-R^T t): the ray direction is separable in u and v, so each channel is an
     outer sum times the depth (numpy on the tensors' memory; a [HW, 3] x [3, 3] matmul is several times slower).
@@ -245,11 +248,19 @@ def points_into(depth: torch.Tensor, intrinsic: np.ndarray, extrinsic: np.ndarra
     cam[..., 2] = d
     rot_t = np.asarray(extrinsic[:, :3], np.float64).T
     centre = -rot_t @ np.asarray(extrinsic[:, 3], np.float64)
+    squares = np.zeros((H, W), np.float32) if mask is not None else None
     for k in range(3):
         ray = np.add.outer((ys * rot_t[k, 1] + rot_t[k, 2]).astype(np.float32), (xs * rot_t[k, 0]).astype(np.float32))
         ray *= d
         ray += np.float32(centre[k])
         world[..., k] = ray
+        if squares is not None:  # planar and contiguous here: far cheaper than a norm over the last dim later
+            squares += ray * ray
+    if squares is None:
+        return 0.0
+    np.sqrt(squares, out=squares)
+    squares *= mask.numpy()
+    return float(squares.sum(dtype=np.float64))
 
 
 def empty_batch(batch_size: int, num_images: int, hw) -> Dict[str, torch.Tensor]:
@@ -284,13 +295,11 @@ def _inverse_se3(extrinsic: np.ndarray) -> np.ndarray:
 _SCALE_MIN, _SCALE_MAX, _COUNT_EPS = 1e-6, 1e6, 1e-3
 
 
-def _scale_sample_(out: Dict[str, torch.Tensor], b: int) -> None:
+def _scale_sample_(out: Dict[str, torch.Tensor], b: int, dist_sum: float) -> None:
     """Divide sample b's translations, depths, cam and world points (already in camera 0's frame) by the mean
-    distance of its valid world points, in place."""
-    mask = out["point_masks"][b]
-    dist = torch.linalg.vector_norm(out["world_points"][b], dim=-1)
-    total = dist.mul_(mask).sum()
-    scale = (total / (mask.sum() + _COUNT_EPS)).clamp(_SCALE_MIN, _SCALE_MAX)
+    distance of its valid world points (dist_sum / count), in place."""
+    count = int(out["point_masks"][b].sum())
+    scale = min(max(dist_sum / (count + _COUNT_EPS), _SCALE_MIN), _SCALE_MAX)
     for key in ("world_points", "cam_points", "depths"):
         out[key][b].div_(scale)
     out["extrinsics"][b, :, :, 3].div_(scale)
@@ -416,11 +425,11 @@ class MultiViewDataset:
             raise KeyError(f"sequence {seq!r} is not in the dataset")
         for attempt in range(self.max_sequence_retries):
             try:
-                frame0 = {} if normalize else None
+                frame0 = {"dist_sum": 0.0} if normalize else None
                 for v, pos in enumerate(spec.frame_ids):
                     self._fill_view(out, b, v, seq, pos, views[v], jitters[v], hw, replaced, frame0)
                 if normalize:
-                    _scale_sample_(out, b)
+                    _scale_sample_(out, b, frame0["dist_sum"])
                 return seq, replaced
             except _SequenceUnusable:
                 nxt = self.sequences[(self._seq_pos[seq] + 1) % len(self.sequences)]
@@ -457,7 +466,10 @@ class MultiViewDataset:
                 if "inverse" not in frame0:
                     frame0["inverse"] = _inverse_se3(extri)
                 extri = (_homogeneous(extri) @ frame0["inverse"])[:3]
-            points_into(depth_t, intri, extri, out["cam_points"][b, v], out["world_points"][b, v])
+                frame0["dist_sum"] += points_into(depth_t, intri, extri, out["cam_points"][b, v], out["world_points"][b, v],
+                                                  out["point_masks"][b, v])
+            else:
+                points_into(depth_t, intri, extri, out["cam_points"][b, v], out["world_points"][b, v])
             out["extrinsics"][b, v] = torch.from_numpy(np.array(extri, dtype=np.float32))
             out["intrinsics"][b, v] = torch.from_numpy(np.array(intri, dtype=np.float32))
             out["frame_ids"][b, v] = p
