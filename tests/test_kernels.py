@@ -97,6 +97,16 @@ def test_make_adamw_matches_torch_adamw_with_groups():
     assert not torch.equal(results[0][0], init[0])
 
 
+def test_cpu_adamw_is_torchs_fused_kernel_where_torch_has_one():
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = kernels.make_adamw([p], lr=1e-3)
+    fused_cpu = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
+    assert opt.defaults.get("fused") is (True if fused_cpu else None)
+    assert opt.defaults.get("foreach") is (None if fused_cpu else True)
+    kernels.configure({"adamw": "reference"})
+    assert kernels.make_adamw([p], lr=1e-3).defaults["foreach"] is False  # the plain single-tensor loop
+
+
 def test_make_adamw_accepts_a_generator_and_rejects_nothing_to_optimise():
     model = torch.nn.Linear(3, 2)
     opt = kernels.make_adamw(model.parameters(), lr=1e-3)

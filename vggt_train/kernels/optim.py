@@ -1,7 +1,8 @@
 """AdamW (decoupled weight decay) with a fused implementation per device.
 
 reference  torch.optim.AdamW, single-tensor loop (foreach=False): the plain algorithm.
-cpu        torch.optim.AdamW(foreach=True): one multi-tensor op per update term.
+cpu        torch.optim.AdamW(fused=True) (torch >= 2.4 has a fused CPU kernel), else foreach=True; measured on
+           this project's 2-core CPU the multi-tensor path is no faster than the loop, the fused kernel is ~2x.
 cuda       torch.optim.AdamW(fused=True) where the installed torch has it (all params floating point on CUDA).
 npu        torch_npu.optim.NpuFusedAdamW: parameters, gradients and states combined into contiguous buffers, one
            fused update per buffer; float32/float16 parameters only (its documented TypeError otherwise).
@@ -45,7 +46,12 @@ adamw_op = declare("adamw", adamw_reference, _device_of, doc="AdamW optimiser fa
 
 @adamw_op.register("cpu")
 def adamw_cpu(params: list, lr: float, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True)
+    """torch's fused CPU AdamW (torch >= 2.4: about 2x the single-tensor loop at VGGT block sizes, see
+    docs/kernels.md); older torch rejects fused CPU params in the constructor, then the multi-tensor path."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True)
 
 
 _ADAMW_HAS_FUSED = "fused" in inspect.signature(torch.optim.AdamW.__init__).parameters
