@@ -270,3 +270,23 @@ def test_compiled_model_code_traces_through_the_registry():
     cos, sin = torch.ones(1, 1, 6, 8), torch.zeros(1, 1, 6, 8)
     compiled = torch.compile(f, backend="eager", fullgraph=False)
     torch.testing.assert_close(compiled(q, k, v, cos, sin), f(q, k, v, cos, sin))
+
+
+def test_forced_cuda_attention_runs_fused_sdpa_and_falls_back_outside_it(monkeypatch):
+    import sys
+
+    attention_module = sys.modules["vggt_train.kernels.attention"]  # the package attribute is the function
+
+    monkeypatch.setenv(kernels.ENV_VAR, "attention=cuda")  # forced: runs on these CPU tensors too
+    q, k, v = (torch.randn(1, 2, 5, 16) for _ in range(3))
+    torch.testing.assert_close(kernels.attention(q, k, v), kernels.attention_reference(q, k, v))
+    odd = [torch.randn(1, 2, 5, 12) for _ in range(3)]  # head dim not a multiple of 8
+    with pytest.warns(kernels.KernelFallbackWarning, match="head dim"):
+        torch.testing.assert_close(kernels.attention(*odd), kernels.attention_reference(*odd))
+
+    def no_kernel(*args):
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    monkeypatch.setattr(attention_module, "_sdpa", no_kernel)
+    with pytest.warns(kernels.KernelFallbackWarning, match="no fused SDPA kernel"):
+        torch.testing.assert_close(kernels.attention(q, k, v), kernels.attention_reference(q, k, v))

@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 
+# note: this function shadows the submodule `vggt_train.kernels.attention` as a package attribute; import from
+# the submodule (`from vggt_train.kernels.attention import ...`) to reach its internals.
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
     """Softmax attention. q [B, heads, Nq, D], k/v [B, heads, Nk, D] -> [B, heads, Nq, D]; scale default 1/sqrt(D)."""
     return attention_op(q, k, v, scale)
