@@ -218,8 +218,10 @@ def resample_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
         return out
     rows = np.clip(np.floor(y0 + (np.arange(vh) + 0.5) / sy).astype(np.int64), top, top + h1 - 1)
     cols = np.clip(np.floor(x0 + (np.arange(vw) + 0.5) / sx).astype(np.int64), left, left + w1 - 1)
-    # rows first, then columns: two 1-D takes are ~2x faster than one 2-D fancy index
-    out[:vh, :vw] = np.take(np.take(depth, rows, axis=0), cols, axis=1)
+    # rows first, then columns: two 1-D takes are ~2x faster than one 2-D fancy index; torch converts float16 to
+    # float32 ~20x faster than numpy
+    taken = np.take(np.take(depth, rows, axis=0), cols, axis=1)
+    torch.from_numpy(out)[:vh, :vw].copy_(torch.from_numpy(taken))
     bad = ~np.isfinite(out)
     if bad.any():  # NaN/inf would poison the points and the batch scale; they mean "no depth"
         out[bad] = 0
