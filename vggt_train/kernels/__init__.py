@@ -13,7 +13,7 @@ Ops: `attention`, `rope` (rotary_mul), `adamw` (make_adamw). Backends: `referenc
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 
@@ -31,6 +31,7 @@ from vggt_train.kernels.registry import (
     configure,
     overrides,
     reset,
+    select,
     table,
 )
 
@@ -70,8 +71,6 @@ def rotary_mul(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def selected(op: str, device_type: str = "cpu") -> str:
     """Name of the backend `op` uses for tensors on `device_type` now ("reference", "cpu", "cuda", "npu")."""
-    from vggt_train.kernels.registry import select
-
     if op not in OPS:
         raise KernelError(f"unknown kernel op {op!r}; ops are {', '.join(OPS)}")
     backend = select(OPS[op], device_type)
