@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 
@@ -40,7 +40,3 @@ def normalize(batch: Dict[str, Any]) -> Dict[str, Any]:
 def collate_and_normalize(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """collate_samples + normalize: a training batch from a list of samples (e.g. a torch DataLoader collate_fn)."""
     return normalize(collate_samples(samples))
-
-
-def flatten_replaced(replaced: List[List[str]]) -> List[str]:
-    return [r for sample in replaced for r in sample]
