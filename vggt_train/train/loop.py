@@ -279,9 +279,24 @@ class Trainer:
         mfu = self._mfu(int(S), batch["images"].shape[-2:], images * acc.num_processes / step_time / acc.num_processes)
         if mfu is not None:
             record["mfu"] = mfu
-        if acc.device.type == "cuda":
-            record["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        record["peak_mem_gib"] = self._peak_memory_gib()
         return record
+
+    def _peak_memory_gib(self) -> float:
+        """Peak memory of the most loaded rank: device memory on GPU/NPU, process RSS on the CPU."""
+        dev = self.accelerator.device
+        if dev.type == "cuda":
+            local = torch.cuda.max_memory_allocated(dev)
+        elif dev.type == "npu":
+            local = torch.npu.max_memory_allocated(dev)
+        else:
+            import resource
+
+            local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        value = torch.tensor([local / 2**30], device=dev, dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            value = self.accelerator.gather(value).max()  # accelerate.reduce has no "max"
+        return float(value)
 
     def _mfu(self, S: int, hw, images_per_s_per_device: float) -> Optional[float]:
         if not self.peak_tflops:
