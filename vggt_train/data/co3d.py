@@ -45,6 +45,7 @@ REASONS = {
 _PNG_IEND = b"IEND\xaeB`\x82"
 DEPTH_MAX_PERCENTILE = 98.0
 JPEG_QUALITY = 95
+_LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
 
 
 class BadInput(Exception):
@@ -152,15 +153,25 @@ def _read_bytes(path: str, missing_reason: str) -> bytes:
 
 
 def _decode(data: bytes, path: str, reason: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Fully decoded image (truncation and corruption raise BadInput); `.info["raw_hw"]` is the header's (H, W)."""
+    """Fully decoded image (truncation and corruption raise BadInput).
+
+    `.info["raw_hw"]` is the header's (H, W); `.info["source_box"]` is the box of the decoded pixels that covers
+    exactly the raw image (x0, y0, x1, y1), which is not the whole image after a DCT-scaled draft decode.
+    """
     try:
         img = Image.open(io.BytesIO(data))
         raw_hw = (img.size[1], img.size[0])
+        box = None
         if draft_size is not None and img.format == "JPEG":
             # DCT-domain downscaling: decodes the whole stream (truncation still detected) several times faster.
-            img.draft("RGB", draft_size)
+            res = img.draft("RGB", draft_size)
+            if res is not None:
+                # A 1/s decode has ceil(W/s) x ceil(H/s) pixels, the last ones covering padding beyond the
+                # raw image; only (0, 0, W/s, H/s) maps onto it.
+                box = tuple(float(v) for v in res[1])
         img.load()
         img.info["raw_hw"] = raw_hw
+        img.info["source_box"] = box or (0.0, 0.0, float(img.size[0]), float(img.size[1]))
         return img
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
         raise BadInput(path, reason, f"{type(exc).__name__}: {exc}") from None
@@ -264,9 +275,10 @@ def load_frame(co3d_dir: str, entry: Any, max_side: int | None = None) -> Frame:
     if new_hw != (h, w):
         depth = resize_depth_nearest(depth, new_hw)
         intri = scale_intrinsic(intri, (h, w), new_hw)
+        box = img.info["source_box"]
         img = img.convert("RGB")
-        if img.size != (new_hw[1], new_hw[0]):
-            img = img.resize((new_hw[1], new_hw[0]), Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS)
+        if img.size != (new_hw[1], new_hw[0]) or box != (0.0, 0.0, float(img.size[0]), float(img.size[1])):
+            img = img.resize((new_hw[1], new_hw[0]), _LANCZOS, box=box)
         jpeg = encode_jpeg(img)
     elif img.format != "JPEG" or img.mode != "RGB":
         jpeg = encode_jpeg(img.convert("RGB"))
