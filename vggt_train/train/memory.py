@@ -2,8 +2,9 @@
 
 Two precisions:
 - ``fp32``: our recipe. Weights and gradients stay float32 and bf16 comes from autocast (DeepSpeed's own bf16
-  is off). DeepSpeed ZeRO-1/2 still keep a float32 copy of each rank's weight partition for the optimiser (they
-  clone it whatever the dtype); ZeRO-3 reuses the partition when it is already float32.
+  is off). DeepSpeed ZeRO-1/2/3 still keep a float32 copy of each rank's weight partition for the optimiser
+  (ZeRO-1/2 clone it whatever the dtype; ZeRO-3 reuses the partition only when its device check passes, which
+  it did not on the CPU with deepspeed 0.19, so the copy is counted: an upper bound).
 - ``bf16``: DeepSpeed's bf16 mode (bf16 weights and gradients, float32 master weights + Adam m, v), the
   K = 12 bytes of the ZeRO paper.
 Frozen parameters (fine-tuning freezes the aggregator) hold only their weights; ZeRO-3 partitions them too.
@@ -47,9 +48,7 @@ def model_state_bytes(trainable: int, frozen: int, strategy: str, world_size: in
     # optimizer: Adam m and v (8 bytes) plus a float32 master/partition copy where DeepSpeed keeps one
     if strategy == "ddp":
         master = 0 if precision == "fp32" else 4
-    elif strategy == "zero3":
-        master = 0 if precision == "fp32" else 4
-    else:  # zero1/zero2 clone the fp32 partition even when the weights are float32 already
+    else:  # ZeRO's optimizer steps a float32 copy of the partition, even when the weights are float32 already
         master = 4
     opt = (8 + master) * trainable
     shard_opt = strategy != "ddp"
