@@ -140,3 +140,139 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cut.safetensors.*(truncated|past the end)"):
         load_pretrained(VGGT.from_preset("tiny"), tmp_path / "cut.safetensors")
+
+
+def _tiny_checkpoint(tmp_path, suffix):
+    torch.manual_seed(0)
+    src = VGGT.from_preset("tiny").eval()
+    return src, export_official(src, tmp_path / f"tiny{suffix}")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_load_into_a_meta_built_model_runs_the_same_forward(tmp_path, suffix):
+    src, path = _tiny_checkpoint(tmp_path, suffix)
+    reference = VGGT.from_preset("tiny").eval()
+    load_pretrained(reference, path)
+    with torch.device("meta"):
+        model = VGGT.from_preset("tiny")
+    load_pretrained(model.eval(), path)
+    # the image mean/std buffers are in no checkpoint: they must have been recomputed, not left on meta
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    assert torch.equal(model.aggregator._image_mean, reference.aggregator._image_mean)
+    torch.manual_seed(1)
+    images, queries = torch.rand(1, 2, 3, 28, 28), torch.rand(1, 3, 2) * 20
+    with torch.no_grad():
+        ours, theirs = model(images, query_points=queries), reference(images, query_points=queries)
+    for key in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "track", "vis", "conf"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def _emulate_torch_2_1_assign(monkeypatch):
+    """torch 2.1's load_state_dict(assign=True) wraps every assigned tensor in Parameter(t): requires_grad=True."""
+    real = torch.nn.Module.load_state_dict
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = real(self, state_dict, strict=strict, assign=assign)
+        if assign:
+            for p in self.parameters():
+                p.requires_grad_(True)
+        return result
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", load_state_dict)
+
+
+@pytest.mark.parametrize("old_torch", [False, True], ids=["this_torch", "torch_2_1_assign"])
+def test_meta_load_keeps_frozen_parameters_frozen(tmp_path, monkeypatch, old_torch):
+    _, path = _tiny_checkpoint(tmp_path, ".safetensors")
+    with torch.device("meta"):
+        model = VGGT.from_preset("tiny")
+    for p in model.aggregator.patch_embed.parameters():
+        p.requires_grad_(False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    if old_torch:
+        _emulate_torch_2_1_assign(monkeypatch)
+    load_pretrained(model, path)
+    assert frozen and {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    assert all(p.requires_grad for n, p in model.named_parameters() if n not in frozen)
+    assert not any(p.is_meta for p in model.parameters())
+
+
+def test_meta_load_names_tensors_left_without_data(tmp_path):
+    _, path = _tiny_checkpoint(tmp_path, ".safetensors")
+    with torch.device("meta"):
+        model = VGGT.from_preset("tiny")
+        model.extra = torch.nn.Module()
+        model.extra.register_buffer("lut", torch.zeros(4), persistent=False)  # no way to recompute it
+    with pytest.raises(RuntimeError, match="still have no data.*extra.lut"):
+        load_pretrained(model, path)
+
+
+def test_pt_checkpoints_are_loaded_weights_only_and_memory_mapped(tmp_path, monkeypatch):
+    """The .pt side of "a 1.2B checkpoint is not held twice": torch.load must map the file, not read it."""
+    import functools
+
+    _, path = _tiny_checkpoint(tmp_path, ".pt")
+    real_load, calls = torch.load, []
+
+    @functools.wraps(real_load)  # keeps torch.load's signature visible to the loader's feature checks
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    load_pretrained(VGGT.from_preset("tiny"), path)
+    with torch.device("meta"):
+        load_pretrained(VGGT.from_preset("tiny"), path)
+    assert len(calls) == 2
+    for kwargs in calls:
+        assert kwargs.get("weights_only") is True
+        assert kwargs.get("mmap") is True  # torch >= 2.1, which this project requires
+
+
+def test_torch_load_options_follow_the_installed_signature(tmp_path, monkeypatch):
+    _, path = _tiny_checkpoint(tmp_path, ".pt")
+    real_load, calls = torch.load, []
+
+    def load_without_mmap(f, map_location=None, pickle_module=None, *, weights_only=False, **pickle_load_args):
+        calls.append({"map_location": map_location, "weights_only": weights_only, **pickle_load_args})
+        return real_load(f, map_location=map_location, weights_only=weights_only)
+
+    monkeypatch.setattr(torch, "load", load_without_mmap)  # a torch without mmap= (< 2.1)
+    load_pretrained(VGGT.from_preset("tiny"), path)
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+
+    def load_without_weights_only(f, map_location=None, pickle_module=None, **pickle_load_args):
+        raise AssertionError("must not unpickle without weights_only")
+
+    monkeypatch.setattr(torch, "load", load_without_weights_only)  # torch < 1.13 cannot refuse code
+    with pytest.raises(RuntimeError, match="weights_only"):
+        load_pretrained(VGGT.from_preset("tiny"), path)
+
+
+def test_legacy_non_zip_pt_loads_without_mmap(tmp_path):
+    src = VGGT.from_preset("tiny")
+    torch.save(src.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    dst = VGGT.from_preset("tiny")
+    assert load_pretrained(dst, tmp_path / "legacy.pt").ok
+    assert torch.equal(dst.aggregator.camera_token, src.aggregator.camera_token)
+
+
+def test_safetensors_reader_handles_0d_and_empty_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {"scalar": torch.tensor(2.5), "int_scalar": torch.tensor(7, dtype=torch.int64),
+             "empty": torch.zeros(0, 3), "half": torch.tensor(-1.0, dtype=torch.float16)}
+    save_file(state, str(tmp_path / "s.safetensors"))
+    loaded = read_state_dict(tmp_path / "s.safetensors")
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert loaded[key].shape == value.shape and loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scalar", torch.tensor(0.0))
+
+    holder = Holder()
+    load_pretrained(holder, tmp_path / "s.safetensors", strict=False, ignore_prefixes=("int_scalar", "empty", "half"))
+    assert holder.scalar.item() == 2.5

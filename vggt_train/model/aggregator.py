@@ -51,10 +51,15 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, cfg.embed_dim) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, cfg.embed_dim) * 1e-6)
         self.patch_start_idx = 1 + cfg.num_register_tokens
-        self.register_buffer("_image_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_image_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
+        self.reset_non_persistent_buffers()
         # recomputing block activations in backward trades ~30% more compute for O(depth) less memory
         self.gradient_checkpointing = True
+
+    def reset_non_persistent_buffers(self, device=None) -> None:
+        """(Re)create the buffers no checkpoint holds; load_pretrained calls this for a model built on the meta device."""
+        kwargs = {} if device is None else {"device": device}
+        self.register_buffer("_image_mean", torch.tensor(IMAGENET_MEAN, **kwargs).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("_image_std", torch.tensor(IMAGENET_STD, **kwargs).view(1, 1, 3, 1, 1), persistent=False)
 
     def _rotary(self, grid_h: int, grid_w: int, frames: int, dtype, device) -> Tuple[RotaryTables, RotaryTables] | Tuple[None, None]:
         if self.cfg.rope_freq <= 0:

@@ -52,6 +52,17 @@ def _torch_load_kwargs() -> dict:
     return kwargs
 
 
+def _torch_load(path: Path, kwargs: dict):
+    try:
+        return torch.load(str(path), **kwargs)
+    except RuntimeError as exc:
+        # files written with the pre-1.6 (non-zip) serialisation cannot be memory-mapped; they still load,
+        # just without mmap (and are not the format the official checkpoint uses)
+        if not kwargs.get("mmap") or "mmap" not in str(exc):
+            raise
+        return torch.load(str(path), **{k: v for k, v in kwargs.items() if k != "mmap"})
+
+
 def _unwrap(obj, path: Path) -> Dict[str, torch.Tensor]:
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -110,7 +121,8 @@ class _SafetensorsFile:
         dtype = _SAFETENSORS_DTYPES[e["dtype"]]
         direct = target.dtype == dtype and target.is_contiguous() and target.device.type == "cpu"
         buf = target if direct else torch.empty(tuple(e["shape"]), dtype=dtype)
-        view = memoryview(buf.view(torch.uint8).numpy() if buf.numel() else bytearray())
+        # reshape(-1) first: a 0-d tensor cannot be viewed as bytes (view(uint8) needs a dimension to widen)
+        view = memoryview(buf.reshape(-1).view(torch.uint8).numpy() if buf.numel() else bytearray())
         with self.path.open("rb") as f:
             f.seek(self.data_start + start)
             if f.readinto(view) != end - start:
@@ -137,8 +149,9 @@ class _CheckpointReader:
             self._tensors = None
             self.shapes = self._st.shapes
         else:
+            kwargs = _torch_load_kwargs()  # outside the try: an unsafe torch is not a bad checkpoint
             try:
-                obj = torch.load(str(self.path), **_torch_load_kwargs())
+                obj = _torch_load(self.path, kwargs)
             except Exception as exc:  # pickle.UnpicklingError for code, RuntimeError for a corrupt zip, ...
                 raise ValueError(f"cannot read checkpoint {self.path}: {exc}") from exc
             self._tensors = _unwrap(obj, self.path)
@@ -157,8 +170,9 @@ class _CheckpointReader:
 def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """All tensors of a checkpoint file, never executing code from it.
 
-    .safetensors is read with safetensors; .pt/.pth go through torch.load(weights_only=True, mmap=True) and may
-    hold the state dict directly or under a "model" (or "state_dict") key.
+    .safetensors is parsed here (header, then each tensor read into its own buffer); .pt/.pth go through
+    torch.load(weights_only=True, mmap=True) and may hold the state dict directly or under a "model" (or
+    "state_dict") key.
     """
     reader = _CheckpointReader(path)
     return {k: reader.get(k) for k in reader.shapes}
@@ -184,7 +198,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     model was built without its track head).
     Tensors are read one at a time straight into the parameters (safetensors) or copied from a memory-mapped
     .pt (or assigned, for a model built on the meta device), so a 1.2B checkpoint is never held in memory next
-    to a full copy of the model.
+    to a full copy of the model. After assigning, parameters keep their requires_grad and the non-persistent
+    buffers are recomputed on the checkpoint's device; a tensor left on meta is an error naming it.
     """
     reader = _CheckpointReader(path)
     shapes = {k: v for k, v in reader.shapes.items() if not k.startswith(tuple(ignore_prefixes))}
@@ -198,12 +213,42 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     targets = model.state_dict()
     keys = [k for k in shapes if k in targets and k not in skip]
     if any(t.is_meta for t in targets.values()):
-        model.load_state_dict({k: reader.get(k) for k in keys}, strict=False, assign=True)
+        _assign_state_dict(model, {k: reader.get(k) for k in keys})
         return report
     with torch.no_grad():
         for key in keys:
             reader.read_into(key, targets[key])
     return report
+
+
+def _assign_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Make the checkpoint's tensors the model's own (a model built on the meta device has no storage to copy into)."""
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.load_state_dict(state, strict=False, assign=True)
+    # older torch (2.1) wraps each assigned tensor in a new Parameter with requires_grad=True, which would
+    # silently unfreeze parameters the caller froze before loading
+    for name, p in model.named_parameters():
+        if name in requires_grad and p.requires_grad != requires_grad[name]:
+            p.requires_grad_(requires_grad[name])
+    device = next(iter(state.values())).device if state else torch.device("cpu")
+    # non-persistent buffers (e.g. the image normalisation constants) are not in any checkpoint: on a meta-built
+    # model they are still shape-only, so the modules that own them recompute them where the weights now live
+    for module in model.modules():
+        dtypes = {n: b.dtype for n, b in module._buffers.items() if b is not None and b.is_meta and n in module._non_persistent_buffers_set}
+        reset = getattr(module, "reset_non_persistent_buffers", None)
+        if dtypes and reset is not None:
+            reset(device)
+            for name, dtype in dtypes.items():  # keep a cast the model had before loading (e.g. .bfloat16())
+                if module._buffers.get(name) is not None:
+                    module._buffers[name] = module._buffers[name].to(dtype)
+    still_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if still_meta:
+        shown = ", ".join(still_meta[:20]) + (f", ... ({len(still_meta) - 20} more)" if len(still_meta) > 20 else "")
+        raise RuntimeError(
+            f"after loading into a model built on the meta device, {len(still_meta)} tensor(s) still have no data "
+            f"(not in the checkpoint, and not recomputable by their module): {shown}. Build the model on a real "
+            "device, or materialise it with model.to_empty(device=...) before loading."
+        )
 
 
 def export_official(model: nn.Module, path: str | os.PathLike) -> Path:
