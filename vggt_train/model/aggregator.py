@@ -81,6 +81,9 @@ class Aggregator(nn.Module):
     def forward(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], int]:
         B, S, _, H, W = images.shape
         images = (images - self._image_mean) / self._image_std
+        # a model cast as a whole (e.g. .bfloat16()) takes [0, 1] float32 images like any other; under autocast
+        # the weights stay float32 and this is a no-op
+        images = images.to(self.camera_token.dtype)
         patches = self.patch_embed(images.reshape(B * S, 3, H, W))  # [B*S, Np, C]
         C = patches.shape[-1]
         tokens = torch.cat(

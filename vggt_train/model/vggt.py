@@ -83,6 +83,9 @@ class VGGT(nn.Module):
     def _check_inputs(self, images: torch.Tensor, query_points: Optional[torch.Tensor]):
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            # uint8 0-255 images would be normalised as if in [0, 1]: garbage in, not an error, so reject it
+            raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype} (convert with images.float() / 255)")
         if images.dim() == 4:
             images = images.unsqueeze(0)
         if images.dim() != 5:
@@ -96,6 +99,8 @@ class VGGT(nn.Module):
         if S < 1 or B < 1:
             raise ValueError(f"need at least one image, got shape {tuple(images.shape)}")
         if query_points is not None:
+            if not isinstance(query_points, torch.Tensor):
+                raise ValueError(f"query_points must be a tensor [N, 2] or [B, N, 2] of pixel (x, y), got {type(query_points).__name__}")
             if query_points.dim() == 2:
                 query_points = query_points.unsqueeze(0)
             if query_points.dim() != 3 or query_points.shape[-1] != 2 or query_points.shape[0] != B:
@@ -106,20 +111,29 @@ class VGGT(nn.Module):
         images, query_points = self._check_inputs(images, query_points)
         tokens, patch_start_idx = self.aggregator(images)
         out: Dict[str, torch.Tensor] = {}
+        cast: Dict[torch.dtype, tuple] = {}
+
+        def inputs_for(head: nn.Module):
+            # The heads regress metric-scale geometry: under autocast they run in their parameters' dtype
+            # (float32 in mixed-precision training, as in the official model), so a model cast as a whole
+            # (e.g. .bfloat16()) gets inputs of its own dtype. One cast per dtype, shared by the heads.
+            dtype = next(head.parameters()).dtype
+            if dtype not in cast:
+                cast[dtype] = ([t.to(dtype) for t in tokens], images.to(dtype))
+            return cast[dtype]
+
         with _autocast_off(images.device.type):
-            # the heads regress metric-scale geometry; they are kept in float32 for precision
-            tokens32 = [t.float() for t in tokens]
-            images32 = images.float()
             if self.camera_head is not None:
-                poses = self.camera_head(tokens32)
+                poses = self.camera_head(inputs_for(self.camera_head)[0])
                 out["pose_enc"] = poses[-1]
                 out["pose_enc_list"] = poses
             if self.depth_head is not None:
-                out["depth"], out["depth_conf"] = self.depth_head(tokens32, images32, patch_start_idx)
+                out["depth"], out["depth_conf"] = self.depth_head(*inputs_for(self.depth_head), patch_start_idx)
             if self.point_head is not None:
-                out["world_points"], out["world_points_conf"] = self.point_head(tokens32, images32, patch_start_idx)
+                out["world_points"], out["world_points_conf"] = self.point_head(*inputs_for(self.point_head), patch_start_idx)
             if self.track_head is not None and query_points is not None:
-                tracks, vis, conf = self.track_head(tokens32, images32, patch_start_idx, query_points.float())
+                head_tokens, head_images = inputs_for(self.track_head)
+                tracks, vis, conf = self.track_head(head_tokens, head_images, patch_start_idx, query_points.to(head_images.dtype))
                 out["track"] = tracks[-1]
                 out["track_list"] = tracks
                 out["vis"] = vis
