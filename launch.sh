@@ -27,7 +27,7 @@ ensure_package() {
   local stamp=".launch-installed" want
   want="$(cat pyproject.toml | cksum | cut -d' ' -f1)-$("$PYTHON" -c 'import sys; print(sys.executable)' | cksum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-     && "$PYTHON" -c "import vggt_train, accelerate, deepspeed, datasets, transformers, safetensors, pytest" >/dev/null 2>&1; then
+     && "$PYTHON" -c "import vggt_train, accelerate, deepspeed, datasets, transformers, safetensors, pytest, pytest_timeout" >/dev/null 2>&1; then
     return
   fi
   log "installing vggt-train and its dependencies (pip install -e .[dev])"

@@ -64,7 +64,6 @@ def main() -> None:
     print(f"  {'camera+depth heads forward+backward (1.80)':44s} {tf['heads_forward_backward']:7.3f}")
     print(f"  {'frozen-aggregator training step':44s} {tf['frozen_aggregator_step']:7.3f}")
 
-    torch.set_num_threads(torch.get_num_threads())
     cost = small_cpu_cost(args.small_size, args.images, args.repeats)
     print(f"\nsmall preset ({cost['params_m']:.1f} M params w/o track head), {args.images} x {args.small_size}px, "
           f"CPU {torch.get_num_threads()} threads, median of {args.repeats}")

@@ -142,3 +142,14 @@ def test_heads_run_in_float32_under_cpu_bf16_autocast(tiny):
         out = tiny(torch.rand(1, 2, 3, 28, 28), query_points=torch.rand(1, 3, 2) * 20)
     for key in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "track", "vis", "conf"):
         assert out[key].dtype == torch.float32, (key, out[key].dtype)
+
+
+def test_flop_counter_sees_attention_on_the_meta_device():
+    """measure_flops finds attention by op name (SDPA / flash / bmm): a renamed op would silently count 0."""
+    from vggt_train.model.flops import measure_flops
+
+    with torch.device("meta"):
+        model = VGGT.from_preset("tiny")
+    flops = measure_flops(model, 2, 28, 28)
+    assert 0 < flops["aggregator_forward_attention"] < flops["aggregator_forward"]
+    assert flops["heads_forward_backward"] > flops["heads_forward"] > 0

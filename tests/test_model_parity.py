@@ -69,3 +69,24 @@ def test_gradient_checkpointing_does_not_change_gradients(parity_dir):
         grads.append(model.aggregator.frame_blocks[0].attn.qkv.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["train", "eval", "train_switched_off"])
+def test_gradient_checkpointing_runs_once_per_block_in_training_only(monkeypatch, setting):
+    import vggt_train.model.aggregator as aggregator_module
+
+    calls = []
+    real = aggregator_module.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(aggregator_module, "checkpoint", counting_checkpoint)
+    model = VGGT.from_preset("tiny", track_head=None)
+    model.train(setting != "eval")
+    if setting == "train_switched_off":
+        model.gradient_checkpointing = False
+    model(torch.rand(1, 2, 3, 28, 28))["depth"].mean().backward()
+    blocks = len(model.aggregator.frame_blocks) + len(model.aggregator.global_blocks)
+    assert blocks > 0 and len(calls) == (blocks if setting == "train" else 0)
