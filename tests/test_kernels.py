@@ -188,6 +188,19 @@ def test_forcing_a_backend_whose_library_is_missing_names_op_and_module(monkeypa
     assert kernels.selected("rope", "cpu") == "reference"
 
 
+def test_configure_checks_the_environment_too_and_fails_at_start_up(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch_npu", None)
+    monkeypatch.setenv(kernels.ENV_VAR, "attention=cpu,rope=npu")
+    with pytest.raises(kernels.KernelError, match=r"kernel op 'rope': backend 'npu' is forced by VGGT_KERNELS='attention=cpu,rope=npu'.*'torch_npu' cannot be imported"):
+        kernels.configure({"attention": "reference"})
+    monkeypatch.setenv(kernels.ENV_VAR, "attention=tpu")
+    with pytest.raises(kernels.KernelError, match=f"{kernels.ENV_VAR}: unknown backend 'tpu'"):
+        kernels.configure(None)
+    monkeypatch.setenv(kernels.ENV_VAR, "rope=reference")
+    kernels.configure(None)
+    assert kernels.overrides() == {"rope": ("reference", "env")}
+
+
 def test_selection_is_cached_per_op_and_device(monkeypatch):
     x = torch.randn(1, 1, 2, 4)
     kernels.attention(x, x, x)
@@ -241,6 +254,17 @@ def test_cli_lists_and_checks(capsys):
     assert "kernel check passed" in out and "bfloat16" in out
 
 
+def test_cli_check_fails_when_a_forced_backend_cannot_load(monkeypatch, capsys):
+    from vggt_train.cli import main
+
+    monkeypatch.setitem(__import__("sys").modules, "torch_npu", None)
+    monkeypatch.setenv(kernels.ENV_VAR, "rope=npu")
+    assert main(["kernels", "--check", "--op", "rope"]) == 1  # the reference itself checks out fine
+    out = capsys.readouterr().out
+    assert "forced backend(s) cannot run" in out and "'torch_npu' cannot be imported" in out
+    assert "kernel check passed" not in out
+
+
 def test_cli_reports_a_bad_env_var_as_a_user_error(monkeypatch, capsys):
     from vggt_train.cli import main
 
@@ -290,3 +314,30 @@ def test_forced_cuda_attention_runs_fused_sdpa_and_falls_back_outside_it(monkeyp
     monkeypatch.setattr(attention_module, "_sdpa", no_kernel)
     with pytest.warns(kernels.KernelFallbackWarning, match="no fused SDPA kernel"):
         torch.testing.assert_close(kernels.attention(q, k, v), kernels.attention_reference(q, k, v))
+
+
+# -- autocast ----------------------------------------------------------------------------------------------------------
+def test_autocast_dtype_follows_the_active_autocast_per_device_type():
+    from vggt_train.kernels.amp import autocast_dtype, cast_like_autocast
+
+    assert autocast_dtype("cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_dtype("cpu") is torch.bfloat16
+        if not torch.cuda.is_available():
+            assert autocast_dtype("cuda") is None
+        assert autocast_dtype("meta") is None
+        x, idx, exact = torch.randn(2), torch.arange(2), torch.randn(2, dtype=torch.float64)
+        cast = cast_like_autocast(x, idx, exact)
+        assert [t.dtype for t in cast] == [torch.bfloat16, torch.int64, torch.float64]  # autocast's eligibility rule
+
+
+def test_reference_attention_under_autocast_matches_sdpa_dtype_and_value():
+    torch.manual_seed(8)
+    q, k = torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
+    v = torch.randn(1, 2, 9, 16).bfloat16()
+    kernels.configure({"attention": "reference"})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.attention(q, k, v)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # what the official model calls
+    assert out.dtype == sdpa.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), sdpa.float(), atol=2e-2, rtol=2e-2)

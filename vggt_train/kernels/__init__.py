@@ -7,7 +7,8 @@ backend chosen by the tensors' device, or forced per op:
     kernels.configure({"attention": "npu"})           # the trainer's YAML `kernels:` mapping
     kernels.reset()                                   # back to automatic (tests)
 
-Ops: `attention`, `rope` (rotary_mul), `adamw` (make_adamw). Backends: `reference`, `cpu`, `cuda`, `npu`.
+Ops: `attention`, `rope` (rotary_mul), `adamw` (make_adamw; zero its gradients with `kernels.zero_grad`).
+Backends: `reference`, `cpu`, `cuda`, `npu`.
 `vggt-train kernels` lists them; `vggt-train kernels --check` compares every available backend with the reference.
 """
 
@@ -20,8 +21,9 @@ import torch
 # declaration order is the listing order: attention, rope, adamw
 from vggt_train.kernels.attention import attention_op, attention_reference  # noqa: I001
 from vggt_train.kernels.rope import rope_op, rotary_reference, rotate_half
-from vggt_train.kernels.optim import make_adamw
-from vggt_train.kernels.npu import HCCL_BACKEND, setup_npu
+from vggt_train.kernels.optim import is_fused_optimizer, make_adamw, zero_grad
+from vggt_train.kernels.npu import HCCL_BACKEND, setup_npu, setup_npu_if_present
+from vggt_train.kernels.npu import device_present as npu_present
 from vggt_train.kernels.registry import (
     BACKENDS,
     ENV_VAR,
@@ -40,12 +42,16 @@ __all__ = [
     "rotary_mul",
     "rotate_half",
     "make_adamw",
+    "zero_grad",
+    "is_fused_optimizer",
     "configure",
     "reset",
     "overrides",
     "selected",
     "table",
     "setup_npu",
+    "setup_npu_if_present",
+    "npu_present",
     "HCCL_BACKEND",
     "KernelError",
     "KernelFallbackWarning",

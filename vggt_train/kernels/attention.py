@@ -6,6 +6,11 @@ cuda       torch SDPA restricted to the flash / memory-efficient (/ cuDNN) kerne
            never materialised; inputs none of them takes run the reference with a one-time warning.
 npu        torch_npu.npu_fusion_attention(query, key, value, head_num, input_layout="BNSD", scale, keep_prob=1.0),
            its first output; limits from torch_npu's `_op_plugin_docs.py` (dtype, head dim, heads, sizes).
+
+Under autocast every backend (and the reference) first casts q/k/v to the autocast dtype, as autocast does for
+the `F.scaled_dot_product_attention` call this op replaces: with QK-LayerNorm, q and k otherwise arrive in
+float32 (CUDA autocast runs layer_norm in float32; float32 rotary tables promote them) while v is bf16, and
+no fused kernel takes mixed dtypes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vggt_train.kernels import npu
+from vggt_train.kernels.amp import cast_like_autocast
 from vggt_train.kernels.registry import warn_fallback, declare, load
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
@@ -40,7 +46,12 @@ def _device_of(q, *args, **kwargs) -> str:
     return q.device.type
 
 
-attention_op = declare("attention", attention_reference, _device_of, doc="softmax attention, [B, heads, N, D] in and out")
+def _prepare(q, k, v, scale=None):
+    return (*cast_like_autocast(q, k, v), scale), {}
+
+
+attention_op = declare("attention", attention_reference, _device_of, doc="softmax attention, [B, heads, N, D] in and out",
+                       prepare=_prepare)
 
 
 # -- cpu --------------------------------------------------------------------------------------------------------------

@@ -129,7 +129,12 @@ def _check_adamw(backend_name: str, fn: Callable, limits, device: str, gen: torc
         opt = make(groups, hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"])
         for step in grads:
             for p, g in zip(params, step):
-                p.grad = g.to(p.device, p.dtype)
+                # in place after the first step, as backward does: NpuFusedAdamW reads gradients from buffers it
+                # combined at its first step and would silently ignore a rebound .grad
+                if p.grad is None:
+                    p.grad = g.to(p.device, p.dtype, copy=True)
+                else:
+                    p.grad.copy_(g)
             opt.step()
         return [p.detach() for p in params]
 

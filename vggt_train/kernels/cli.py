@@ -2,6 +2,7 @@
 
     vggt-train kernels                      # what runs where on this machine, and why a backend is unavailable
     vggt-train kernels --check              # every available backend vs the reference; exit 1 on a mismatch
+                                            # or a forced backend that cannot run
     vggt-train kernels --check --op attention --backend npu
 """
 
@@ -18,7 +19,7 @@ from vggt_train.cli import CLIError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="run every available backend against the reference (forward, backward; fp32 and bf16); "
-                             "exit status 1 on a mismatch")
+                             "exit status 1 on a mismatch or a forced backend that cannot run")
     parser.add_argument("--op", action="append", metavar="OP", help="limit --check to this op (repeatable)")
     parser.add_argument("--backend", action="append", metavar="BACKEND",
                         help="limit --check to this backend (repeatable); an unavailable one is an error")
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"\nkernel check FAILED: {len(failed)} of {len(checked)} checks outside tolerance "
               f"({', '.join(sorted({f'{r.op}/{r.backend}' for r in failed}))})")
+        return 1
+    if errors:  # the checked backends agree, but training with this selection would fail at the first forward
+        print(f"\nkernel check FAILED: {len(errors)} forced backend(s) cannot run here (see the errors above)")
         return 1
     print(f"\nkernel check passed: {len(checked)} checks"
           + (f", {len(results) - len(checked)} skipped" if len(results) > len(checked) else ""))

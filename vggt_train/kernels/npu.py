@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Optional
 
-from vggt_train.kernels.registry import KernelError, library_error, load
+from vggt_train.kernels.registry import KernelError, library_error, load, memo, set_memo
 
 HCCL_BACKEND = "hccl"  # the torch.distributed backend of Ascend collectives (torch_npu registers it)
 
@@ -46,11 +46,28 @@ def setup_npu(local_rank: Optional[int] = None, jit_compile: bool = False) -> st
     torch_npu.npu.set_device(rank)
     torch_npu.npu.config.allow_internal_format = False
     torch_npu.npu.set_compile_mode(jit_compile=jit_compile)
+    set_memo(_JIT_KEY, bool(jit_compile))
     return f"npu:{rank}"
 
 
+def setup_npu_if_present() -> Optional[str]:
+    """setup_npu() when torch_npu imports and sees an NPU (its device string), else None (nothing touched)."""
+    return setup_npu() if device_present() else None
+
+
+_JIT_KEY = "npu.jit_compile"
+
+
 def jit_compile_enabled() -> bool:
-    """Whether torch_npu compiles operators just in time (False on the A2 default and after setup_npu)."""
+    """Whether torch_npu compiles operators just in time (False on the A2 default and after setup_npu).
+
+    Probed once (the rope limits ask on every call) and remembered until kernels.reset(); setup_npu records
+    what it sets.
+    """
+    return bool(memo(_JIT_KEY, _probe_jit_compile))
+
+
+def _probe_jit_compile() -> bool:
     torch_npu = load("torch_npu")
     probe = getattr(torch_npu.npu, "is_jit_compile_false", None)
     if probe is None:

@@ -8,17 +8,24 @@ npu        torch_npu.optim.NpuFusedAdamW: parameters, gradients and states combi
            fused update per buffer; float32/float16 parameters only (its documented TypeError otherwise).
 
 All four compute the same update: p *= 1 - lr * wd; m, v moments; p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
+
+NpuFusedAdamW differs in how it must be driven. At its first step (or first zero_grad) it moves every parameter
+that has a gradient, and that gradient, into combined buffers, and from then on reads gradients from those
+buffers only: a gradient must be updated in place (backward accumulating into it, `p.grad.copy_(g)`), never
+rebound (`p.grad = g` is silently ignored). Hence `zero_grad(set_to_none=True)` raises there (use
+`kernels.zero_grad`), and under DeepSpeed, which rebinds the `.grad` of its flat partitions every step,
+`make_adamw(..., sharded=True)` never picks it.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 
 from vggt_train.kernels import npu
-from vggt_train.kernels.registry import declare, load
+from vggt_train.kernels.registry import declare, load, overrides, select, warn_fallback
 
 
 def _all_params(params: list) -> List[torch.Tensor]:
@@ -89,10 +96,56 @@ def adamw_npu(params: list, lr: float, betas=(0.9, 0.999), eps=1e-8, weight_deca
     return fused(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
+# backends whose optimiser keeps gradient buffers across steps, so it cannot step tensors whose .grad is rebound
+GRAD_BUFFER_BACKENDS = frozenset({"npu"})
+
+
+def _device_type(device: Union[str, torch.device]) -> str:
+    # a string is split by hand: torch.device("npu") parses only once the real torch_npu is imported
+    return device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+
+
 def make_adamw(params_or_groups: Iterable, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
-               weight_decay: float = 0.01) -> torch.optim.Optimizer:
-    """AdamW over parameters or param-group dicts, through the registry (device of the first parameter)."""
+               weight_decay: float = 0.01, *, device: Union[str, torch.device, None] = None,
+               sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW over parameters or param-group dicts, through the registry.
+
+    device: the device type selecting the backend (default: the first parameter's).
+    sharded: the optimiser will step DeepSpeed ZeRO's flat partitions, whose `.grad` DeepSpeed rebinds every
+        step. NpuFusedAdamW would keep stepping the gradients of its first step there (and a flat partition is
+        one tensor per group, nothing to fuse), so torch's AdamW (the reference) runs instead: silently when
+        selected automatically, with a one-time KernelFallbackWarning when `adamw=npu` is forced.
+    """
     params = list(params_or_groups)  # a generator would be consumed by the device probe
     if not params:
         raise ValueError("make_adamw: no parameters to optimise")
-    return adamw_op(params, lr, betas, eps, weight_decay)
+    device_type = _device_type(device) if device is not None else _device_of(params)
+    args = (params, lr, betas, eps, weight_decay)
+    if sharded:
+        backend = select(adamw_op, device_type)
+        if backend is not None and backend.name in GRAD_BUFFER_BACKENDS:
+            if "adamw" in overrides():
+                warn_fallback("adamw", backend.name, "DeepSpeed", "its fused optimiser keeps gradient buffers that "
+                              "DeepSpeed's per-step .grad rebinding bypasses; torch's AdamW steps the flat partitions",
+                              stacklevel=3)
+            return adamw_reference(*args)
+    return adamw_op.dispatch(device_type, *args)
+
+
+def is_fused_optimizer(optimizer) -> bool:
+    """Whether `optimizer`, or the optimiser it wraps (accelerate's AcceleratedOptimizer, DeepSpeed's ZeRO
+    optimiser: `.optimizer`), is a torch_npu fused optimiser (combined gradient buffers, no set_to_none)."""
+    for _ in range(8):  # wrappers nest a few levels at most; a cycle must not hang
+        if optimizer is None:
+            return False
+        if getattr(optimizer, "is_fused_optimizer", False):
+            return True
+        optimizer = getattr(optimizer, "optimizer", None)
+    return False
+
+
+def zero_grad(optimizer) -> None:
+    """Zero the gradients the way `optimizer` allows: set to None (frees the memory until the next backward),
+    except for a torch_npu fused optimiser, whose gradients live in its combined buffers and must be zeroed in
+    place (its zero_grad(set_to_none=True) raises)."""
+    optimizer.zero_grad(set_to_none=not is_fused_optimizer(optimizer))

@@ -61,13 +61,20 @@ class Backend:
 
 
 class Op:
-    """A named op: `op(*args)` dispatches to the selected backend. `device_of(*args)` returns the device type."""
+    """A named op: `op(*args)` dispatches to the selected backend. `device_of(*args)` returns the device type.
 
-    def __init__(self, name: str, reference: Callable, device_of: Callable[..., str], doc: str = ""):
+    `prepare(*args, **kwargs) -> (args, kwargs)`, when given, normalises the arguments before selection and the
+    limits check, for every backend and the reference alike (e.g. the dtype casts autocast would apply to the
+    torch op the model used to call).
+    """
+
+    def __init__(self, name: str, reference: Callable, device_of: Callable[..., str], doc: str = "",
+                 prepare: Optional[Callable] = None):
         self.name = name
         self.reference = reference
         self.device_of = device_of
         self.doc = doc
+        self.prepare = prepare
         self.backends: Dict[str, Backend] = {}
 
     def register(self, name: str, *, library: Optional[str] = None, device_present: Optional[Callable[[], bool]] = None,
@@ -83,13 +90,23 @@ class Op:
         return wrap
 
     def __call__(self, *args, **kwargs):
-        backend = select(self, self.device_of(*args, **kwargs))
+        if self.prepare is not None:
+            args, kwargs = self.prepare(*args, **kwargs)
+        return self._run(self.device_of(*args, **kwargs), args, kwargs)
+
+    def dispatch(self, device_type: str, *args, **kwargs):
+        """Run the backend selected for `device_type` (limits checked), or the reference; no `prepare`."""
+        return self._run(device_type, args, kwargs)
+
+    def _run(self, device_type: str, args: tuple, kwargs: dict):
+        backend = select(self, device_type)
         if backend is None:
             return self.reference(*args, **kwargs)
         if backend.limits is not None:
             outside = backend.limits(*args, **kwargs)
             if outside is not None:
-                warn_fallback(self.name, backend.name, *outside)
+                # the caller of kernels.attention()/make_adamw() is 5 frames up from warnings.warn
+                warn_fallback(self.name, backend.name, *outside, stacklevel=5)
                 return self.reference(*args, **kwargs)
         return backend.fn(*args, **kwargs)
 
@@ -101,11 +118,12 @@ class Op:
 OPS: Dict[str, Op] = {}
 
 
-def declare(name: str, reference: Callable, device_of: Callable[..., str], doc: str = "") -> Op:
+def declare(name: str, reference: Callable, device_of: Callable[..., str], doc: str = "",
+            prepare: Optional[Callable] = None) -> Op:
     """Declare an op once, with its reference implementation."""
     if name in OPS:
         raise ValueError(f"kernel op {name!r} declared twice")
-    OPS[name] = op = Op(name, reference, device_of, doc)
+    OPS[name] = op = Op(name, reference, device_of, doc, prepare)
     return op
 
 
@@ -118,6 +136,7 @@ class _State:
         self.cache: Dict[Tuple[str, str], Optional[Backend]] = {}  # (op, device type) -> backend (None: reference)
         self.warned: set = set()
         self.import_errors: Dict[str, str] = {}
+        self.memo: Dict[str, object] = {}  # runtime probes too slow to repeat per call (see memo())
 
 
 _state = _State()
@@ -166,12 +185,17 @@ def parse_spec(spec: str | Mapping[str, str] | None, source: str) -> Dict[str, s
 def configure(spec: str | Mapping[str, str] | None = None) -> None:
     """Set the config-level overrides ({op: backend}; None/{} clears them). `VGGT_KERNELS` still wins per op.
 
-    Validates names and that every forced backend's library imports, so a bad config fails at start-up.
+    Validates the names and that every forced backend's library imports, of the config and of `VGGT_KERNELS`
+    alike, so a bad selection fails at start-up rather than at the first forward.
     """
     parsed = parse_spec(spec, "kernels config")
     for op, backend in parsed.items():
         if backend != "reference":
             require_library(OPS[op], OPS[op].backends[backend], "kernels config")
+    _sync_env()
+    for op, backend in _state.env.items():
+        if backend != "reference":
+            require_library(OPS[op], OPS[op].backends[backend], f"{ENV_VAR}={_state.env_raw!r}")
     with _state.lock:
         _state.config = parsed
         _state.cache.clear()
@@ -186,6 +210,7 @@ def reset() -> None:
         _state.cache.clear()
         _state.warned.clear()
         _state.import_errors.clear()
+        _state.memo.clear()
 
 
 def overrides() -> Dict[str, Tuple[str, str]]:
@@ -253,6 +278,19 @@ def require_library(op: Op, backend: Backend, source: str) -> None:
         )
 
 
+def memo(key: str, compute: Callable[[], object]) -> object:
+    """`compute()` once until reset() (or `set_memo`): for runtime probes that cost a Python call per op."""
+    try:
+        return _state.memo[key]
+    except KeyError:
+        value = _state.memo[key] = compute()
+        return value
+
+
+def set_memo(key: str, value: object) -> None:
+    _state.memo[key] = value
+
+
 def load(module: str):
     """The imported module (cheap after the first call); used by backends at call time."""
     mod = sys.modules.get(module)
@@ -260,7 +298,7 @@ def load(module: str):
 
 
 # -- fallbacks -----------------------------------------------------------------------------------------------------
-def warn_fallback(op: str, backend: str, rule: str, detail: str) -> None:
+def warn_fallback(op: str, backend: str, rule: str, detail: str, stacklevel: int = 4) -> None:
     key = (op, backend, rule)
     if key in _state.warned:
         return
@@ -269,7 +307,7 @@ def warn_fallback(op: str, backend: str, rule: str, detail: str) -> None:
         f"kernel op {op!r}: backend {backend!r} does not cover these inputs ({rule}: {detail}); "
         f"running the reference instead (warned once per rule)",
         KernelFallbackWarning,
-        stacklevel=4,
+        stacklevel=stacklevel,
     )
 
 

@@ -6,6 +6,10 @@ D is head_dim / 2 (32 for VGGT-1B) and cos/sin are [1, 1, N, D] tables shared by
 reference  the formula with plain ops; autograd-correct, any device.
 npu        torch_npu.npu_rotary_mul(x, cos, sin) (rotary_mode "half", the default); limits from torch_npu's
            `_op_plugin_docs.py` for jit_compile=False (what setup_npu selects).
+
+cos/sin of another dtype than x are cast to x's dtype first (every backend and the reference): the output has
+x's dtype, and the fused kernel, which takes one dtype for all three, is not skipped for a float32 table
+meeting bf16 activations under autocast.
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ def _device_of(x, *args, **kwargs) -> str:
     return x.device.type
 
 
-rope_op = declare("rope", rotary_reference, _device_of, doc="half-mode rotary embedding, x [B, heads, N, D]")
+def _prepare(x, cos, sin):
+    if cos.dtype != x.dtype and x.is_floating_point():
+        cos = cos.to(x.dtype)
+    if sin.dtype != x.dtype and x.is_floating_point():
+        sin = sin.to(x.dtype)
+    return (x, cos, sin), {}
+
+
+rope_op = declare("rope", rotary_reference, _device_of, doc="half-mode rotary embedding, x [B, heads, N, D]", prepare=_prepare)
 
 # Documented limits of npu_rotary_mul, half mode, jit_compile=False: 4-D input of float16/bfloat16/float32;
 # D even and < 896; B, N < 1000; with the BNSD layout cos/sin must be 11SD, B1SD or BNSD; when cos/sin need a
@@ -62,7 +74,7 @@ def npu_rope_limits(x, cos, sin) -> Optional[Tuple[str, str]]:
         return "cos/sin gradient", f"B*N={b * n} > {NPU_ROPE_MAX_BN_GRAD} with cos/sin requiring grad"
     if (d * x.element_size()) % 32:
         return "32-byte alignment", f"D={d} x {x.element_size()} bytes is not 32-byte aligned (documented slow path)"
-    if npu.jit_compile_enabled() and d != 128:
+    if d != 128 and npu.jit_compile_enabled():
         return "jit_compile", f"D={d}; with jit_compile=True the op takes only D=128 (call kernels.setup_npu())"
     return None
 
