@@ -46,13 +46,8 @@ class TrainerState:
 def _process_group_backend() -> Optional[str]:
     if torch.cuda.is_available():
         return "nccl"
-    try:
-        import torch_npu  # noqa: F401
-
-        if torch.npu.is_available():
-            return "hccl"
-    except Exception:
-        pass
+    if kernels.npu_present():
+        return kernels.HCCL_BACKEND
     return "gloo"  # CPU: DeepSpeed would otherwise try an accelerator backend
 
 
@@ -146,13 +141,19 @@ class Trainer:
 
         self.cfg = cfg
         kernels.configure(cfg.kernels)
+        # before any process group: HCCL communicators bind to the current card, and the ND-format/binary-kernel
+        # options must hold before the first NPU tensor is made
+        kernels.setup_npu_if_present()
         self.data = train_data.TrainData(cfg)  # opens the dataset: a bad data.path fails before any model is built
         self.accelerator = build_accelerator(cfg, self.data.nominal_samples_per_rank())
         acc = self.accelerator
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg)
         self.loss_fn = MultitaskLoss(**{k: v for k, v in vars(cfg.loss).items()})
-        optimizer = build_optimizer(self.model, cfg.optim)
+        # on the accelerator first: the kernel registry picks AdamW by parameter device; under DeepSpeed it must
+        # not pick one that keeps gradient buffers (DeepSpeed rebinds its partitions' .grad every step)
+        optimizer = build_optimizer(self.model, cfg.optim, device=acc.device,
+                                    sharded=getattr(acc.state, "deepspeed_plugin", None) is not None)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.deepspeed = getattr(acc.state, "deepspeed_plugin", None) is not None
         self.state = TrainerState()
@@ -260,7 +261,7 @@ class Trainer:
                 skipped = _any_rank(acc, not math.isfinite(grad_norm))
             if not skipped:
                 self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            kernels.zero_grad(self.optimizer)  # set_to_none except for torch_npu's fused optimisers, which reject it
         step_time = time.perf_counter() - start
         global_samples = samples * acc.num_processes
         self.state.samples_seen += global_samples

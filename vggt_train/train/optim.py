@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -50,9 +50,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW through the kernel registry (fused on NPU/CUDA where available)."""
-    return kernels.make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: Optional[Union[str, torch.device]] = None,
+                    sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW through the kernel registry (fused on NPU/CUDA where available).
+
+    device: move the model there first (in place, so the parameters stay the ones the optimiser holds): the
+        registry selects the AdamW kernel by the parameters' device, and a model still on the CPU would get the
+        CPU kernel on every accelerator.
+    sharded: DeepSpeed ZeRO will step flat partitions of these parameters (see kernels.make_adamw).
+    """
+    if device is not None:
+        model.to(device)
+    return kernels.make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                              weight_decay=cfg.weight_decay, sharded=sharded)
 
 
 def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
