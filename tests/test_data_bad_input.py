@@ -166,11 +166,17 @@ def case_entry_without_intri(raw):
     return "bad_annotation", fp
 
 
+def case_nul_in_filepath(raw):
+    # open() raises ValueError (not OSError) on a NUL byte; it must be a skipped frame, not an aborted run.
+    fp = _edit_entry(raw, 3, lambda e: e.__setitem__("filepath", e["filepath"].replace("/images/", "\0/images/")))
+    return "unsafe_filepath", fp
+
+
 CASES = {f.__name__[5:]: f for f in [
     case_truncated_jpeg, case_garbage_jpeg, case_missing_image, case_truncated_depth, case_8bit_depth,
     case_missing_depth, case_missing_mask, case_truncated_mask, case_size_mismatch, case_nonfinite_camera,
     case_singular_intrinsic, case_singular_rotation, case_absolute_filepath, case_dotdot_filepath,
-    case_entry_without_intri]}
+    case_entry_without_intri, case_nul_in_filepath]}
 
 
 @pytest.mark.parametrize("name", list(CASES))

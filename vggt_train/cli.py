@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
@@ -21,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect-batch": ("vggt_train.data.inspect_cli", "draw one training batch: PNG grid (image, depth, mask per view) + PLY of its world points"),
     "kernels": ("vggt_train.kernels.cli", "list kernel backends per op (available, selected); --check compares each with the reference"),
 }
+
+
+# Set to 1 to get the traceback of errors that are otherwise printed as one line (CLIError, OSError).
+DEBUG_ENV = "VGGT_TRAIN_DEBUG"
 
 
 class CLIError(Exception):
@@ -56,11 +61,41 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"vggt-train {command}", description=help_text)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(module.run(args) or 0)
     except CLIError as exc:
+        if debug:
+            raise
         print(f"vggt-train {command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A full disk, a missing permission or a path under a file is the user's to fix and names its path;
+        # other exceptions are bugs and keep their traceback.
+        if debug:
+            raise
+        print(f"vggt-train {command}: error: {describe_os_error(exc)} (set {DEBUG_ENV}=1 for a traceback)", file=sys.stderr)
+        return 2
+
+
+def output_dir_problem(path: str) -> str | None:
+    """Why `path` cannot be (created as) a writable directory, or None; creates nothing."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'<strerror>: <path>' (and '-> <path2>' for renames) of an OSError, or its text when it names no path."""
+    if exc.filename is None or not exc.strerror:
+        return f"{type(exc).__name__}: {exc}"
+    text = f"{exc.strerror}: {exc.filename}"
+    return text + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ REASONS = {
     "missing_annotation_file": "a requested category has no annotation file for this split",
     "malformed_annotation_file": "annotation file is not gzip'd JSON of {sequence: [frame, ...]}",
     "bad_annotation": "annotation entry lacks filepath/extri/intri or has the wrong shape",
-    "unsafe_filepath": "annotation filepath is absolute, contains '..' or is not <category>/<sequence>/images/*.jpg",
+    "unsafe_filepath": "annotation filepath is absolute, contains '..' or a NUL byte, or is not "
+                       "<category>/<sequence>/images/*.jpg",
     "bad_camera": "camera is non-finite or singular",
     "missing_image": "image file does not exist",
     "corrupt_image": "image cannot be decoded",
@@ -108,6 +109,9 @@ def frame_paths(co3d_dir: str, filepath: Any) -> tuple[str, str, str]:
     """
     if not isinstance(filepath, str) or not filepath:
         raise BadInput(str(filepath), "bad_annotation", "filepath is not a non-empty string")
+    if "\0" in filepath:
+        # The OS cannot open such a path (Python raises ValueError, not OSError).
+        raise BadInput(filepath, "unsafe_filepath", "contains a NUL byte")
     norm = filepath.replace("\\", "/")
     parts = norm.split("/")
     if os.path.isabs(filepath) or norm.startswith("/") or ".." in parts or (len(parts[0]) == 2 and parts[0][1] == ":"):

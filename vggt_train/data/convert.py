@@ -9,8 +9,10 @@ order, Arrow is written uncompressed without timestamps. Hence a single run, a r
 produce byte-identical shards.
 
 Resume: a shard is written to `<name>.tmp-<pid>` and renamed when complete; only then is it added, with its
-sha256, to this part's manifest in O/_convert/. A restarted run skips shards that a manifest lists and whose
-file still has the recorded size; anything else is rewritten.
+size, mtime and sha256, to this part's manifest in O/_convert/. A restarted run skips shards that a manifest lists
+and whose file still has the recorded size and mtime; when only the mtime changed (copied, touched, edited in
+place) the shard is re-hashed, and `--rehash-finished` re-hashes every one (a read of the shard: ~0.4 s per 512 MB
+here). Anything else is rewritten. Temp files that killed runs left next to this part's shards are removed first.
 
 Test hook: VGGT_TRAIN_TEST_EXIT_AFTER_SHARDS=N makes the process `os._exit(75)` right after committing its N-th
 shard, as a kill would (used by the resume tests; never set it in production).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import hashlib
 import json
 import os
@@ -55,9 +58,10 @@ class Options:
     part: tuple[int, int] = (0, 1)
     strict: bool = False
     quiet: bool = False
+    rehash_finished: bool = False
 
     def output_key(self) -> dict:
-        """The options that change the output bytes (not workers/part/strict/quiet)."""
+        """The options that change the output bytes (not workers/part/strict/quiet/rehash_finished)."""
         return {"splits": list(self.splits), "min_frames": self.min_frames, "max_side": self.max_side,
                 "shard_size_mb": self.shard_size_mb}
 
@@ -185,24 +189,89 @@ def write_json_atomic(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_manifests(out: str, fingerprint: str) -> dict[str, dict]:
-    """{shard relpath: entry} from every part manifest of this plan whose shard file still has its recorded size."""
+def load_json(path: str, what: str) -> Any:
+    """JSON content of one of our bookkeeping files; a damaged one is a ConvertError naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConvertError(f"{path}: {what} is not valid JSON ({exc}); it was damaged or edited by hand") from exc
+
+
+def load_part_manifest(path: str) -> dict:
+    """A part manifest, checked to have the structure this module writes."""
+    manifest = load_json(path, "part manifest")
+    ok = isinstance(manifest, dict) and isinstance(manifest.get("shards"), dict) and all(
+        isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+        and isinstance(e.get("rows"), int) and all(isinstance(e.get(k), list) for k in ("sequences", "skipped", "dropped"))
+        for e in manifest["shards"].values())
+    if not ok:
+        raise ConvertError(f"{path}: part manifest lacks the expected {{'fingerprint', 'shards': {{path: {{'bytes', "
+                           f"'sha256', 'rows', 'sequences', ...}}}}}} structure; it was damaged or edited by hand")
+    return manifest
+
+
+def check_finished(path: str, entry: dict, rehash: bool = False) -> tuple[dict | None, str]:
+    """(entry, '') if the shard at `path` is the one `entry` describes, else (None, why).
+
+    Size and mtime unchanged since the commit: trusted without reading (a resume stays O(shards)). Otherwise, or
+    with `rehash`, the file is re-hashed; the returned entry then carries the file's current mtime.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None, "missing"
+    if st.st_size != entry["bytes"]:
+        return None, f"{st.st_size} bytes, the manifest says {entry['bytes']}"
+    if rehash or entry.get("mtime_ns") != st.st_mtime_ns:
+        if _sha256_file(path) != entry["sha256"]:
+            return None, "its sha256 differs from the manifest's (modified after it was written)"
+        entry = dict(entry, mtime_ns=st.st_mtime_ns)
+    return entry, ""
+
+
+def read_manifests(out: str, fingerprint: str, rehash: bool = False,
+                   only: set[str] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """Finished shards of this plan in every part manifest: ({relpath: entry} of intact ones, {relpath: why not}
+    of listed ones that are missing or changed) -- see check_finished. `only` limits the check to those shards
+    (a part leaves the shards that other parts may be writing alone)."""
     entries: dict[str, dict] = {}
+    rejected: dict[str, str] = {}
     wdir = work_dir(out)
     if not os.path.isdir(wdir):
-        return entries
+        return entries, rejected
     for name in sorted(os.listdir(wdir)):
         if not (name.startswith("manifest-part-") and name.endswith(".json")):
             continue
-        with open(os.path.join(wdir, name)) as f:
-            manifest = json.load(f)
+        manifest = load_part_manifest(os.path.join(wdir, name))
         if manifest.get("fingerprint") != fingerprint:
             continue
         for rel, entry in manifest["shards"].items():
-            path = os.path.join(out, rel)
-            if os.path.exists(path) and os.path.getsize(path) == entry["bytes"]:
-                entries[rel] = entry
-    return entries
+            if rel in entries or (only is not None and rel not in only):
+                continue
+            ok, why = check_finished(os.path.join(out, rel), entry, rehash)
+            if ok is None:
+                rejected[rel] = why
+            else:
+                entries[rel] = ok
+                rejected.pop(rel, None)
+    return entries, rejected
+
+
+def remove_stale_temps(out: str, rels: list[str], part: tuple[int, int]) -> list[str]:
+    """Delete `<shard>.tmp-<pid>` (and this part's manifest temps) that a killed run of this part left behind.
+
+    Only this part's files: another part may be writing its own right now. Two runs of one part at once are not
+    supported anyway (they would write the same shards).
+    """
+    patterns = [glob.escape(os.path.join(out, rel)) + ".tmp-*" for rel in rels]
+    patterns.append(glob.escape(manifest_path(out, part)) + ".tmp-*")
+    removed = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def save_plan(out: str, plan: dict) -> None:
@@ -210,8 +279,9 @@ def save_plan(out: str, plan: dict) -> None:
     os.makedirs(work_dir(out), exist_ok=True)
     path = os.path.join(work_dir(out), "plan.json")
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = load_json(path, "the conversion plan")
+        if not isinstance(old, dict):
+            raise ConvertError(f"{path}: the conversion plan is not a JSON object; it was damaged or edited by hand")
         if old.get("fingerprint") != plan["fingerprint"]:
             raise ConvertError(f"{out} holds a conversion with other inputs or options (plan {old.get('fingerprint')} "
                                f"!= {plan['fingerprint']}); use another --out or delete {out}")
@@ -235,6 +305,9 @@ def process_sequence(task: dict) -> dict:
             if task["strict"]:
                 break
             continue
+        except Exception as exc:  # a bug or an unforeseen input: name the frame (the parent names the sequence)
+            where = entry.get("filepath") if isinstance(entry, dict) else None
+            raise FrameError(f"frame {i} ({where}): {type(exc).__name__}: {exc}") from exc
         h, w = fr.size
         rows.append({
             "sequence": name, "category": category, "frame": i, "filepath": entry["filepath"],
@@ -250,11 +323,25 @@ def process_sequence(task: dict) -> dict:
     return {"rows": rows, "skipped": skipped, "dropped": dropped}
 
 
+class FrameError(Exception):
+    """An unexpected exception while converting one frame (message only, so it pickles out of a worker)."""
+
+
+def _result(task: dict, get) -> dict:
+    """get() -> the result of `task`, or a ConvertError naming the sequence (a crashed worker included)."""
+    try:
+        return get()
+    except Exception as exc:
+        what = str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
+        raise ConvertError(f"converting {task['split']} sequence {task['category']}/{task['sequence']} failed: {what} "
+                           f"(set VGGT_TRAIN_DEBUG=1 for the traceback)") from exc
+
+
 def _ordered_results(tasks: Iterator[dict], workers: int) -> Iterator[tuple[dict, dict]]:
     """(task, result) in task order; at most ~2 sequences per worker in flight, which bounds memory."""
     if workers <= 1:
         for task in tasks:
-            yield task, process_sequence(task)
+            yield task, _result(task, lambda: process_sequence(task))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -266,10 +353,10 @@ def _ordered_results(tasks: Iterator[dict], workers: int) -> Iterator[tuple[dict
             pending.append((task, pool.submit(process_sequence, task)))
             if len(pending) >= 2 * workers:
                 t, fut = pending.popleft()
-                yield t, fut.result()
+                yield t, _result(t, fut.result)
         while pending:
             t, fut = pending.popleft()
-            yield t, fut.result()
+            yield t, _result(t, fut.result)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -305,32 +392,51 @@ class ShardWriter:
         self.pa = pa
         self.final = final_path
         self.tmp = f"{final_path}.tmp-{os.getpid()}"
-        os.makedirs(os.path.dirname(final_path), exist_ok=True)
         self.schema = arrow_schema()
-        self.sink = pa.OSFile(self.tmp, "wb")
-        self.writer = pa.ipc.new_stream(self.sink, self.schema, options=pa.ipc.IpcWriteOptions(compression=None))
+        self.sink = self.writer = None
+        try:
+            os.makedirs(os.path.dirname(final_path), exist_ok=True)
+            self.sink = pa.OSFile(self.tmp, "wb")
+            self.writer = pa.ipc.new_stream(self.sink, self.schema, options=pa.ipc.IpcWriteOptions(compression=None))
+        except OSError as exc:
+            raise self._error(exc) from exc
         self.rows = 0
+
+    def _error(self, exc: OSError) -> ConvertError:
+        # Write errors (a full disk, a quota) often carry no path; say which file.
+        from vggt_train.cli import describe_os_error
+
+        return ConvertError(f"writing {self.tmp} failed: {describe_os_error(exc)}")
 
     def write(self, rows: list[dict]) -> None:
         from vggt_train.data.schema import frame_columns
 
         for s in range(0, len(rows), ROWS_PER_BATCH):
             table = self.pa.Table.from_pydict(frame_columns(rows[s:s + ROWS_PER_BATCH]), schema=self.schema)
-            self.writer.write_table(table)
+            try:
+                self.writer.write_table(table)
+            except OSError as exc:
+                raise self._error(exc) from exc
         self.rows += len(rows)
 
     def commit(self) -> dict:
-        self.writer.close()
-        self.sink.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            self.writer.close()
+            self.sink.close()
+            with open(self.tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise self._error(exc) from exc
         os.replace(self.tmp, self.final)
-        return {"bytes": os.path.getsize(self.final), "sha256": _sha256_file(self.final), "rows": self.rows}
+        st = os.stat(self.final)
+        # mtime lets a resume trust an untouched shard without re-reading it (see check_finished).
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(self.final), "rows": self.rows}
 
     def abort(self) -> None:
-        for closer in (self.writer.close, self.sink.close):
+        for obj in (self.writer, self.sink):
             try:
-                closer()
+                if obj is not None:
+                    obj.close()
             except Exception:
                 pass
         if os.path.exists(self.tmp):
@@ -349,11 +455,24 @@ def convert(opts: Options) -> dict:
 
     Returns a summary {'splits': {split: stats}, 'reused_shards', 'written_shards', 'seconds', 'frames'}.
     """
+    from vggt_train.cli import output_dir_problem
+
     t0 = time.perf_counter()
+    problem = output_dir_problem(opts.out)
+    if problem:
+        raise ConvertError(f"cannot write --out {opts.out}: {problem}")
     plan = make_plan(opts)
     save_plan(opts.out, plan)
-    finished = read_manifests(opts.out, plan["fingerprint"])
     mine = part_jobs(plan, opts.part)
+    mine_rels = [shard_relpath(plan, s, k) for s, k in mine]
+    removed = remove_stale_temps(opts.out, mine_rels, opts.part)
+    if removed and not opts.quiet:
+        print(f"removed {len(removed)} temp file(s) left by an interrupted run (e.g. {removed[0]})", file=sys.stderr)
+    finished, rejected = read_manifests(opts.out, plan["fingerprint"], rehash=opts.rehash_finished, only=set(mine_rels))
+    if rejected and not opts.quiet:
+        first = min(rejected)
+        print(f"rewriting {len(rejected)} shard(s) listed as finished that changed since (first: {first}: "
+              f"{rejected[first]})", file=sys.stderr)
     mpath = manifest_path(opts.out, opts.part)
     manifest = {"fingerprint": plan["fingerprint"], "part": list(opts.part), "shards": {}}
     for split, k in mine:
@@ -512,6 +631,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad input (naming the file and the reason) instead of skipping it and "
                              "recording it in OUT/report.json")
+    parser.add_argument("--rehash-finished", action="store_true",
+                        help="when resuming, re-hash every shard listed as finished before trusting it (a read of each "
+                             "shard); by default a shard is re-hashed only if its mtime changed since it was written")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
 
 
@@ -525,7 +647,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         raise CLIError("need --min-frames >= 1, --shard-size-mb > 0, --workers >= 1 and --max-side >= 8")
     return Options(co3d_dir=args.co3d_dir, annotation_dir=args.annotation_dir, out=args.out, categories=args.categories,
                    splits=splits, min_frames=args.min_frames, max_side=args.max_side, shard_size_mb=args.shard_size_mb,
-                   workers=args.workers, part=_parse_part(args.part), strict=args.strict, quiet=args.quiet)
+                   workers=args.workers, part=_parse_part(args.part), strict=args.strict, quiet=args.quiet,
+                   rehash_finished=args.rehash_finished)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -535,7 +658,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = convert(opts)
     except ConvertError as exc:
-        raise CLIError(str(exc)) from None
+        # Chained, so that VGGT_TRAIN_DEBUG=1 shows where it came from (e.g. a worker's traceback).
+        raise CLIError(str(exc)) from exc
     if not opts.quiet:
         print(format_summary(summary, opts.min_frames))
         if opts.part[1] == 1:

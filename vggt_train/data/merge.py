@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 
+from vggt_train.data.convert import ConvertError
 from vggt_train.data.schema import INDEX_FILE, MANIFEST_FILE, REPORT_FILE, SCHEMA_VERSION, WORK_DIR
 
 
-class MergeError(Exception):
+class MergeError(ConvertError):
     """A user-fixable problem (missing parts, mismatched plans)."""
 
 
 def _load_plan(out: str) -> dict:
+    from vggt_train.data.convert import load_json
+
     path = os.path.join(out, WORK_DIR, "plan.json")
     if not os.path.exists(path):
         raise MergeError(f"{out} has no {WORK_DIR}/plan.json: not a convert-co3d output")
-    with open(path) as f:
-        return json.load(f)
+    plan = load_json(path, "the conversion plan")
+    if not (isinstance(plan, dict) and isinstance(plan.get("splits"), dict) and isinstance(plan.get("options"), dict)
+            and isinstance(plan.get("fingerprint"), str)):
+        raise MergeError(f"{path}: the conversion plan lacks its 'splits'/'options'/'fingerprint'; it was damaged or "
+                         f"edited by hand")
+    return plan
 
 
 def finalize(out: str) -> dict:
@@ -34,12 +40,13 @@ def finalize(out: str) -> dict:
     from vggt_train.data.schema import features
 
     plan = _load_plan(out)
-    entries = read_manifests(out, plan["fingerprint"])
+    entries, rejected = read_manifests(out, plan["fingerprint"])
     jobs = shard_jobs(plan)
     missing = [shard_relpath(plan, s, k) for s, k in jobs if shard_relpath(plan, s, k) not in entries]
     if missing:
         n = len(jobs)
-        raise MergeError(f"{len(missing)} of {n} shards are not finished yet (first: {missing[0]}); run the missing "
+        first = missing[0] + (f": listed as finished, but {rejected[missing[0]]}" if missing[0] in rejected else "")
+        raise MergeError(f"{len(missing)} of {n} shards are not finished yet (first: {first}); run the missing "
                          f"convert-co3d parts (or rerun them: they resume) and merge again")
     feats = features()
     manifest = {"schema_version": SCHEMA_VERSION, "fingerprint": plan["fingerprint"], "splits": {}}
@@ -60,7 +67,7 @@ def finalize(out: str) -> dict:
         digest = hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()[:16]
         write_json_atomic(os.path.join(split_dir, "dataset_info.json"), {
             "citation": "", "homepage": "", "license": "", "features": feats.to_dict(),
-            "description": "Co3D frames converted by `vggt-train convert-co3d` (schema in docs/data.md)"})
+            "description": "Co3D frames converted by `vggt-train convert-co3d` (schema in vggt_train/data/schema.py)"})
         write_json_atomic(os.path.join(split_dir, INDEX_FILE), {"schema_version": SCHEMA_VERSION, "num_rows": start,
                                                                 "sequences": sequences})
         # state.json last: it is what makes load_from_disk see the split.
@@ -94,7 +101,7 @@ def _move(src: str, dst: str) -> None:
 
 def merge_parts(out: str, part_dirs: list[str]) -> dict:
     """Move the finished shards and manifests of `part_dirs` into `out`, then finalize `out`."""
-    from vggt_train.data.convert import write_json_atomic
+    from vggt_train.data.convert import load_part_manifest, write_json_atomic
 
     plan = None
     if os.path.exists(os.path.join(out, WORK_DIR, "plan.json")):
@@ -114,8 +121,7 @@ def merge_parts(out: str, part_dirs: list[str]) -> dict:
         for name in sorted(os.listdir(wdir)):
             if not (name.startswith("manifest-part-") and name.endswith(".json")):
                 continue
-            with open(os.path.join(wdir, name)) as f:
-                manifest = json.load(f)
+            manifest = load_part_manifest(os.path.join(wdir, name))
             for rel, entry in manifest["shards"].items():
                 src, dst = os.path.join(d, rel), os.path.join(out, rel)
                 if os.path.exists(src):
@@ -139,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         manifest = merge_parts(args.out, args.part_dirs)
-    except MergeError as exc:
-        raise CLIError(str(exc)) from None
+    except ConvertError as exc:  # MergeError, or a damaged plan / part manifest
+        raise CLIError(str(exc)) from exc
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['num_rows']} frames, {info['num_sequences']} sequences, {len(info['shards'])} shards")
     print(f"merged into {args.out}; check with: vggt-train verify-dataset {args.out}")

@@ -17,7 +17,7 @@ One row per frame, rows grouped by sequence (frames in annotation order):
 | intrinsic         | Array2D((3, 3), float64)  | pixel intrinsics of the *stored* image                             |
 
 Depth is a binary column, not a nested list: viewing its bytes costs ~nothing, while nested lists of 480k floats
-are materialised as Python objects (see bench/convert_throughput.py and docs/data.md for the measurements).
+are materialised as Python objects (measured by bench/convert_throughput.py; table in the README's data section).
 """
 
 from __future__ import annotations

@@ -414,6 +414,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--categories must be comma-separated names, got {args.categories!r}")
     if args.frames < 1 or args.sequences < 0 or args.test_sequences < 0:
         raise CLIError("--frames must be >= 1 and --sequences/--test-sequences >= 0")
+    from vggt_train.cli import output_dir_problem
+
+    problem = output_dir_problem(args.out)
+    if problem:
+        raise CLIError(f"cannot write --out {args.out}: {problem}")
     t0 = time.perf_counter()
     info = make_synthetic_co3d(args.out, cats, args.sequences, args.test_sequences, args.frames, hw, args.seed)
     print(f"wrote {info['frames']} frames ({len(cats)} categories) in {time.perf_counter() - t0:.1f}s")

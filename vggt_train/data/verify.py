@@ -1,8 +1,13 @@
-"""Re-read every shard of a converted dataset and check schema, counts, checksums, grouping and decodability."""
+"""Re-read every shard of a converted dataset and check schema, counts, checksums, grouping and decodability.
+
+Problems (damaged or missing files) make verify-dataset fail; stray files (temp files of killed runs, files no
+split lists) are warnings: they waste space but `load_from_disk` never reads them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import io
 import json
@@ -10,7 +15,9 @@ import os
 
 import numpy as np
 
-from vggt_train.data.schema import INDEX_FILE, MANIFEST_FILE
+from vggt_train.data.schema import INDEX_FILE, MANIFEST_FILE, WORK_DIR
+
+_SPLIT_FILES = ("state.json", "dataset_info.json", INDEX_FILE)
 
 
 def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
@@ -96,14 +103,62 @@ def _split_tasks(root: str, split: str, info: dict) -> list[tuple[str, dict]]:
     return [(os.path.join(root, split, f["filename"]), f) for f in info["shards"]]
 
 
+def _read_json(path: str, rel: str, errors: list[str]):
+    """Parsed JSON, or None after appending why not (missing, unreadable, invalid) to `errors`."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        errors.append(f"{rel}: missing")
+    except (OSError, ValueError) as exc:
+        errors.append(f"{rel}: not readable JSON ({type(exc).__name__}: {exc})")
+    return None
+
+
+def _manifest_ok(manifest) -> bool:
+    def shard_ok(f):
+        return (isinstance(f, dict) and isinstance(f.get("filename"), str) and os.path.basename(f["filename"]) == f["filename"]
+                and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str) and isinstance(f.get("rows"), int))
+
+    return isinstance(manifest, dict) and isinstance(manifest.get("splits"), dict) and all(
+        isinstance(split, str) and os.path.basename(split) == split and isinstance(info, dict)
+        and isinstance(info.get("num_rows"), int) and isinstance(info.get("shards"), list) and all(map(shard_ok, info["shards"]))
+        for split, info in manifest["splits"].items())
+
+
+def stray_files(root: str, manifest: dict) -> list[str]:
+    """Files under `root` that are no part of the dataset: temp files of killed runs, files no split lists."""
+    stray = []
+    for split, info in manifest["splits"].items():
+        sdir = os.path.join(root, split)
+        if not os.path.isdir(sdir):
+            continue
+        known = set(_SPLIT_FILES) | {f["filename"] for f in info["shards"]}
+        stray += [f"{split}/{name}" for name in sorted(os.listdir(sdir)) if name not in known]
+    for sub in ("", WORK_DIR):  # other files at the top are the user's; temp files there are ours
+        d = os.path.join(root, sub)
+        if os.path.isdir(d):
+            stray += [os.path.join(sub, n) if sub else n for n in sorted(os.listdir(d)) if ".tmp-" in n]
+    return stray
+
+
 def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
-    """Verify every split of `root`. Returns {'errors': [...], 'splits': {split: {'rows', 'sequences', 'shards'}}}."""
+    """Verify every split of `root`.
+
+    Returns {'errors': [...], 'warnings': [...], 'splits': {split: {'rows', 'sequences', 'shards'}}}; 'sequences'
+    is None when the split's sequence index cannot be read.
+    """
     errors: list[str] = []
     mpath = os.path.join(root, MANIFEST_FILE)
     if not os.path.exists(mpath):
-        return {"errors": [f"{root}: no {MANIFEST_FILE} (not a finished convert-co3d output; run merge-shards?)"], "splits": {}}
-    with open(mpath) as f:
-        manifest = json.load(f)
+        return {"errors": [f"{root}: no {MANIFEST_FILE} (not a finished convert-co3d output; run merge-shards?)"],
+                "warnings": [], "splits": {}}
+    manifest = _read_json(mpath, MANIFEST_FILE, errors)
+    if manifest is None:
+        return {"errors": errors, "warnings": [], "splits": {}}
+    if not _manifest_ok(manifest):
+        return {"errors": [f"{MANIFEST_FILE}: lacks the expected {{'splits': {{split: {{'num_rows', 'shards': [{{'filename', "
+                           f"'bytes', 'sha256', 'rows'}}]}}}}}} structure"], "warnings": [], "splits": {}}
     tasks = [(split, path, entry) for split, info in manifest["splits"].items() for path, entry in _split_tasks(root, split, info)]
     if workers > 1 and len(tasks) > 1:
         import multiprocessing
@@ -120,18 +175,28 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
         by_split.setdefault(split, []).append(res["runs"])
     for split, info in manifest["splits"].items():
         sdir = os.path.join(root, split)
-        with open(os.path.join(sdir, "state.json")) as f:
-            state = json.load(f)
-        names = [d["filename"] for d in state["_data_files"]]
-        if names != [s["filename"] for s in info["shards"]]:
-            errors.append(f"{split}: state.json lists {names}, manifest lists {[s['filename'] for s in info['shards']]}")
-        with open(os.path.join(sdir, INDEX_FILE)) as f:
-            index = json.load(f)
+        state = _read_json(os.path.join(sdir, "state.json"), f"{split}/state.json", errors)
+        if state is not None:
+            try:
+                names = [d["filename"] for d in state["_data_files"]]
+            except (KeyError, TypeError):
+                names = None
+            if names != [s["filename"] for s in info["shards"]]:
+                errors.append(f"{split}: state.json lists {names}, manifest lists {[s['filename'] for s in info['shards']]}")
+        index = _read_json(os.path.join(sdir, INDEX_FILE), f"{split}/{INDEX_FILE}", errors)
+        try:
+            expect = [[s["sequence"], s["num_frames"]] for s in index["sequences"]] if index is not None else None
+        except (KeyError, TypeError):
+            errors.append(f"{split}/{INDEX_FILE}: lacks {{'sequences': [{{'sequence', 'num_frames', ...}}]}}")
+            expect = None
         runs = [r for shard_runs in by_split.get(split, []) for r in shard_runs]
-        expect = [[s["sequence"], s["num_frames"]] for s in index["sequences"]]
-        if runs != expect:
+        if expect is not None and runs != expect:
             errors.append(f"{split}: {INDEX_FILE} does not match the rows (first difference at sequence "
                           f"{next((i for i, (a, b) in enumerate(zip(runs, expect)) if a != b), min(len(runs), len(expect)))})")
+        repeated = [s for s, n in collections.Counter(s for s, _n in runs).items() if n > 1]
+        if repeated:
+            errors.append(f"{split}: sequence {repeated[0]} appears in more than one run of rows (names must be unique "
+                          f"per split)")
         try:
             import datasets
 
@@ -140,8 +205,10 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
                 errors.append(f"{split}: load_from_disk sees {n} rows, manifest says {info['num_rows']}")
         except Exception as exc:
             errors.append(f"{split}: datasets.load_from_disk fails ({type(exc).__name__}: {exc})")
-        per_split[split] = {"rows": info["num_rows"], "sequences": len(index["sequences"]), "shards": len(info["shards"])}
-    return {"errors": errors, "splits": per_split}
+        per_split[split] = {"rows": info["num_rows"], "sequences": None if expect is None else len(expect),
+                            "shards": len(info["shards"])}
+    warnings = [f"{rel}: stray file (not part of the dataset; safe to delete)" for rel in stray_files(root, manifest)]
+    return {"errors": errors, "warnings": warnings, "splits": per_split}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,11 +224,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.root} is not a directory")
     result = verify_dataset(args.root, decode=not args.no_decode, workers=max(1, args.workers))
     for split, st in result["splits"].items():
-        print(f"{split}: {st['rows']} frames, {st['sequences']} sequences, {st['shards']} shards")
+        seqs = "?" if st["sequences"] is None else st["sequences"]
+        print(f"{split}: {st['rows']} frames, {seqs} sequences, {st['shards']} shards")
+    for w in result["warnings"]:
+        print(f"WARNING {w}")
+    warned = f" and {len(result['warnings'])} stray file(s)" if result["warnings"] else ""
     if result["errors"]:
         for e in result["errors"]:
             print(f"ERROR {e}")
-        print(f"verify-dataset: {len(result['errors'])} problem(s) in {args.root}")
+        print(f"verify-dataset: {len(result['errors'])} problem(s){warned} in {args.root}")
         return 1
-    print(f"verify-dataset: OK ({args.root})")
+    print(f"verify-dataset: OK ({args.root}){warned.replace(' and', ', but')}")
     return 0
