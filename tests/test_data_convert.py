@@ -360,3 +360,18 @@ def test_unexpected_worker_error_names_the_sequence(raw, tmp_path, monkeypatch, 
     assert f"test sequence apple/{seq}" in err and f"apple/{seq}/images/frame000005.jpg" in err and "KeyError" in err
     assert not list((tmp_path / "out" / "test").glob("*.tmp-*"))
 
+
+def test_progress_lines_when_stderr_is_not_a_terminal(raw, tmp_path, monkeypatch, capsys):
+    from vggt_train.data.convert import PROGRESS_INTERVAL_ENV
+
+    monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "0")  # a line per finished sequence instead of every 30 s
+    argv = ["convert-co3d", "--co3d-dir", raw["co3d_dir"], "--annotation-dir", raw["annotation_dir"],
+            "--splits", "test", "--workers", "1"]
+    assert cli_main(argv + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err  # capsys' stderr is not a TTY, like a Slurm log
+    lines = [x for x in err.splitlines() if x.startswith("convert-co3d:")]
+    assert lines[0] == "convert-co3d: 48 frames to convert"
+    assert len(lines) == 3 and lines[-1].startswith("convert-co3d: 48/48 frames (100.0%), ")
+    assert "frames/s" in lines[1] and "ETA" in lines[1] and "\r" not in err
+    assert cli_main(argv + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -35,6 +35,8 @@ from vggt_train.data import co3d
 from vggt_train.data.schema import SHARD_PATTERN, WORK_DIR
 
 EXIT_HOOK_ENV = "VGGT_TRAIN_TEST_EXIT_AFTER_SHARDS"
+# Seconds between progress lines when stderr is not a terminal (Slurm logs); tests set it small.
+PROGRESS_INTERVAL_ENV = "VGGT_TRAIN_PROGRESS_INTERVAL"
 ROWS_PER_BATCH = 64  # Arrow record batch size; keeps binary offsets far from int32 limits for huge sequences
 _FALLBACK_FRAME_BYTES = 1.2e6  # size estimate when a category's probe frame is unreadable
 _PLAN_VERSION = 1
@@ -443,11 +445,47 @@ class ShardWriter:
             os.remove(self.tmp)
 
 
+class LogProgress:
+    """Progress for logs (stderr not a terminal, e.g. Slurm): a line every `interval` s, not a redrawn bar."""
+
+    def __init__(self, total: int, interval: float, desc: str = "convert-co3d", stream=None):
+        self.total, self.interval, self.desc = total, interval, desc
+        self.stream = stream if stream is not None else sys.stderr
+        self.n = 0
+        self.t0 = self.last = time.monotonic()
+        self._print(f"{desc}: {total} frames to convert")
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    @staticmethod
+    def _hms(seconds: float) -> str:
+        s = int(round(seconds))
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            elapsed = now - self.t0
+            rate = self.n / elapsed if elapsed > 0 else 0.0
+            eta = self._hms((self.total - self.n) / rate) if rate > 0 else "?"
+            pct = 100.0 * self.n / self.total if self.total else 100.0
+            self._print(f"{self.desc}: {self.n}/{self.total} frames ({pct:.1f}%), {rate:.1f} frames/s, "
+                        f"elapsed {self._hms(elapsed)}, ETA {eta}")
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, quiet: bool):
+    """A tqdm bar on a terminal, periodic log lines otherwise, nothing under --quiet."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="frame", desc="convert", dynamic_ncols=True, smoothing=0.05,
-                disable=quiet or not sys.stderr.isatty())
+    if not quiet and not sys.stderr.isatty():
+        return LogProgress(total, float(os.environ.get(PROGRESS_INTERVAL_ENV, "") or 30.0))
+    return tqdm(total=total, unit="frame", desc="convert", dynamic_ncols=True, smoothing=0.05, disable=quiet)
 
 
 def convert(opts: Options) -> dict:
@@ -634,7 +672,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rehash-finished", action="store_true",
                         help="when resuming, re-hash every shard listed as finished before trusting it (a read of each "
                              "shard); by default a shard is re-hashed only if its mtime changed since it was written")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress (a bar on a terminal, a line every 30 s in logs) and no summary table")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
