@@ -57,6 +57,16 @@ def _convert(raw, out, *extra):
                      "--out", str(out), "--quiet", "--splits", "train", *extra])
 
 
+def _clone_category(raw, category):
+    """A copy of apple as `category`: same sequence names, files under co3d/<category>/, filepaths to match."""
+    shutil.copytree(raw / "co3d" / "apple", raw / "co3d" / category)
+    ann = _annotation(raw)
+    for entries in ann.values():
+        for e in entries:
+            e["filepath"] = category + e["filepath"][len("apple"):]
+    _save_annotation(raw, ann, category)
+
+
 def _edit_entry(raw, k, fn):
     ann = _annotation(raw)
     seq = sorted(ann)[0]
@@ -172,11 +182,20 @@ def case_nul_in_filepath(raw):
     return "unsafe_filepath", fp
 
 
+def case_other_category_filepath(raw):
+    # A frame of tv/ listed in apple's annotations would be stored with the wrong category.
+    seq, _ = _first(raw)
+    src = raw / "co3d" / "apple" / seq
+    shutil.copytree(src, raw / "co3d" / "tv" / seq)
+    fp = _edit_entry(raw, 3, lambda e: e.__setitem__("filepath", "tv" + e["filepath"][len("apple"):]))
+    return "unsafe_filepath", fp
+
+
 CASES = {f.__name__[5:]: f for f in [
     case_truncated_jpeg, case_garbage_jpeg, case_missing_image, case_truncated_depth, case_8bit_depth,
     case_missing_depth, case_missing_mask, case_truncated_mask, case_size_mismatch, case_nonfinite_camera,
     case_singular_intrinsic, case_singular_rotation, case_absolute_filepath, case_dotdot_filepath,
-    case_entry_without_intri, case_nul_in_filepath]}
+    case_entry_without_intri, case_nul_in_filepath, case_other_category_filepath]}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -223,13 +242,13 @@ def test_short_sequences_are_filtered_not_reported(raw, tmp_path):
 
 
 def test_malformed_annotation_file(raw, tmp_path, capsys):
-    shutil.copy(_ann_path(raw), _ann_path(raw, "tv"))
+    _clone_category(raw, "tv")
     _ann_path(raw).write_bytes(gzip.compress(b"{not json"))
     out = tmp_path / "out"
     assert _convert(raw, out) == 0
     report = json.loads((out / "report.json").read_text())
     assert [(r["reason"], r["path"]) for r in report["skipped"]] == [("malformed_annotation_file", str(_ann_path(raw)))]
-    assert len(Co3DSplit(str(out / "train"))) == 2 * FRAMES  # tv (a copy of apple's) still converted
+    assert len(Co3DSplit(str(out / "train"))) == 2 * FRAMES  # tv (a copy of apple) still converted
     capsys.readouterr()
     assert _convert(raw, tmp_path / "strict", "--strict") == 2
     err = capsys.readouterr().err
@@ -247,3 +266,25 @@ def test_absent_category_is_an_error(raw, tmp_path, capsys):
     assert _convert(raw, tmp_path / "out", "--categories", "apple,teddybear") == 2
     err = capsys.readouterr().err
     assert "teddybear" in err and "not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_duplicate_sequence_names_across_categories(raw, tmp_path, capsys):
+    # Rows, sequence_index.json and Co3DSplit are keyed by sequence name, so a name may appear once per split:
+    # the later category's copy (tv, after apple) is skipped and reported with both annotation files named.
+    _clone_category(raw, "tv")
+    out = tmp_path / "out"
+    assert _convert(raw, out) == 0
+    report = json.loads((out / "report.json").read_text())
+    names = sorted(_annotation(raw))
+    assert report["skipped_by_reason"] == {"duplicate_sequence": 2}
+    assert [(r["category"], r["sequence"], r["path"]) for r in report["skipped"]] == [
+        ("tv", n, str(_ann_path(raw, "tv"))) for n in names]
+    assert all(str(_ann_path(raw)) in r["detail"] for r in report["skipped"])
+    sp = Co3DSplit(str(out / "train"))
+    assert sp.sequences == names and {sp.category(n) for n in names} == {"apple"} and len(sp) == 2 * FRAMES
+    assert cli_main(["verify-dataset", str(out)]) == 0
+    capsys.readouterr()
+    assert _convert(raw, tmp_path / "strict", "--strict") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "duplicate_sequence" in err
+    assert str(_ann_path(raw, "tv")) in err and str(_ann_path(raw)) in err

@@ -31,7 +31,8 @@ REASONS = {
     "malformed_annotation_file": "annotation file is not gzip'd JSON of {sequence: [frame, ...]}",
     "bad_annotation": "annotation entry lacks filepath/extri/intri or has the wrong shape",
     "unsafe_filepath": "annotation filepath is absolute, contains '..' or a NUL byte, or is not "
-                       "<category>/<sequence>/images/*.jpg",
+                       "<category>/<sequence>/images/*.jpg of the annotation file's category",
+    "duplicate_sequence": "a sequence name already used by another category's annotation file of the same split",
     "bad_camera": "camera is non-finite or singular",
     "missing_image": "image file does not exist",
     "corrupt_image": "image cannot be decoded",
@@ -101,11 +102,12 @@ def load_annotation_file(path: str) -> dict[str, list[Any]]:
     return data
 
 
-def frame_paths(co3d_dir: str, filepath: Any) -> tuple[str, str, str]:
+def frame_paths(co3d_dir: str, filepath: Any, category: str | None = None) -> tuple[str, str, str]:
     """(image, depth, mask) paths of an annotation `filepath`; raises BadInput('unsafe_filepath').
 
     Only the text of the path is checked (no symlink resolution), so a Co3D tree assembled from symlinks still works,
-    while an annotation cannot make the converter read outside `co3d_dir`.
+    while an annotation cannot make the converter read outside `co3d_dir`. With `category` (the annotation file's),
+    the path must lie in that category's folder: a frame of another category would be stored under the wrong label.
     """
     if not isinstance(filepath, str) or not filepath:
         raise BadInput(str(filepath), "bad_annotation", "filepath is not a non-empty string")
@@ -118,6 +120,8 @@ def frame_paths(co3d_dir: str, filepath: Any) -> tuple[str, str, str]:
         raise BadInput(filepath, "unsafe_filepath", "absolute or contains '..'")
     if "/images/" not in norm or not norm.endswith(".jpg"):
         raise BadInput(filepath, "unsafe_filepath", "expected <category>/<sequence>/images/<frame>.jpg")
+    if category is not None and parts[0] != category:
+        raise BadInput(filepath, "unsafe_filepath", f"category folder {parts[0]!r} is not the annotation file's {category!r}")
     image = os.path.join(co3d_dir, *parts)
     # The official loader derives both paths by plain substitution; replicate it on the relative path.
     depth = os.path.join(co3d_dir, *(norm.replace("/images", "/depths") + ".geometric.png").split("/"))
@@ -255,14 +259,15 @@ def encode_jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def load_frame(co3d_dir: str, entry: Any, max_side: int | None = None) -> Frame:
+def load_frame(co3d_dir: str, entry: Any, max_side: int | None = None, category: str | None = None) -> Frame:
     """Read, validate and preprocess one annotated frame; raises BadInput naming the offending file.
 
+    `category` is the annotation file's; the filepath must then be in that category's folder.
     Without resizing the original JPEG bytes are stored verbatim (no generation loss, no encode cost).
     """
     if not isinstance(entry, dict) or "filepath" not in entry:
         raise BadInput(repr(entry)[:120], "bad_annotation", "entry is not a dict with a filepath")
-    image_path, depth_path, mask_path = frame_paths(co3d_dir, entry["filepath"])
+    image_path, depth_path, mask_path = frame_paths(co3d_dir, entry["filepath"], category)
     extri, intri = check_camera(entry, entry["filepath"])
 
     jpeg = _read_bytes(image_path, "missing_image")

@@ -117,6 +117,8 @@ def make_plan(opts: Options) -> dict:
         shards: list[list] = [[]]
         size = 0.0
         filtered = {"sequences": 0, "frames": 0}
+        # Rows, the sequence index and Co3DSplit are keyed by sequence name alone, so a name must be unique per split.
+        owner: dict[str, str] = {}
         for category in categories:
             path = co3d.annotation_path(opts.annotation_dir, category, split)
             if not os.path.exists(path):
@@ -141,6 +143,13 @@ def make_plan(opts: Options) -> dict:
                     per_frame = per_frame or co3d.probe_frame_bytes(opts.co3d_dir, entry, opts.max_side)
             per_frame = per_frame or _FALLBACK_FRAME_BYTES
             for name in names:
+                if name in owner:
+                    if opts.strict:
+                        raise ConvertError(f"{path}: duplicate_sequence ({name} is also in {owner[name]}) [--strict]")
+                    plan["problems"].append(_record(split, category, name, None, path, "duplicate_sequence",
+                                                    f"{name} is also in {owner[name]}, which is kept"))
+                    continue
+                owner[name] = path
                 est = per_frame * len(annotation[name])
                 if shards[-1] and size + est > target:
                     shards.append([])
@@ -301,7 +310,7 @@ def process_sequence(task: dict) -> dict:
     split, category, name = task["split"], task["category"], task["sequence"]
     for i, entry in enumerate(task["entries"]):
         try:
-            fr = co3d.load_frame(task["co3d_dir"], entry, task["max_side"])
+            fr = co3d.load_frame(task["co3d_dir"], entry, task["max_side"], category)
         except co3d.BadInput as exc:
             skipped.append(_record(split, category, name, i, exc.path, exc.reason, exc.detail))
             if task["strict"]:
