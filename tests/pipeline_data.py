@@ -56,3 +56,57 @@ def corrupt_bytes_in_file(path: str, needle: bytes, replacement: bytes) -> None:
     assert at >= 0, "needle not found"
     data[at:at + len(replacement)] = replacement
     Path(path).write_bytes(bytes(data))
+
+
+def portrait_frames(ds, seq: str, count: int = 4) -> list:
+    """The first `count` frames of `seq` rotated by 90 degrees (cameras adjusted exactly): portrait sources, for the
+    landscape_check rotation."""
+    import io
+
+    from PIL import Image
+
+    from vggt_train.data.transforms import rotate_camera
+
+    frames = []
+    for p in range(count):
+        f = ds.source.read_frame(seq, p)
+        E, K = rotate_camera(f.extrinsic, f.intrinsic, f.depth.shape, 1)
+        img = np.rot90(np.asarray(Image.open(io.BytesIO(f.image)).convert("RGB")), 1)
+        frames.append({"image": np.ascontiguousarray(img), "depth": np.ascontiguousarray(np.rot90(f.depth, 1)), "extrinsic": E,
+                       "intrinsic": K})
+    return frames
+
+
+def reference_batch(ds, specs, aspect_ratio: float, normalize: bool) -> dict:
+    """The recipe done view by view on the CPU with the per-view reference functions, as the workers did it before
+    the finishing stage existed: PIL resize (+ rotation), float image + JitterDraw, float32 depth, points from
+    geometry.depth_to_*_points, then geometry.normalize_batch. Clean data only (no frame replacement)."""
+    from vggt_train.data.transforms import image_size_hw, open_image, plan_view, resample_depth, resample_image, rotate_camera
+    from vggt_train.geometry import depth_to_cam_points, depth_to_world_points, normalize_batch
+
+    hw = ds.target_shape(aspect_ratio)
+    keys = ("images", "depths", "extrinsics", "intrinsics")
+    samples = []
+    for spec in specs:
+        views, jitters = ds._draws(spec, len(spec.frame_ids))
+        parts = {k: [] for k in keys}
+        for draw, jitter, pos in zip(views, jitters, spec.frame_ids):
+            frame = ds.source.read_frame(spec.sequence, pos)
+            img = open_image(frame.image)
+            plan = plan_view(image_size_hw(img), frame.intrinsic, hw, draw)
+            image = np.asarray(resample_image(img, plan, ds.use_draft))
+            depth = resample_depth(frame.depth, plan)
+            extri, intri = np.asarray(frame.extrinsic, np.float64), plan.intrinsic
+            if plan.rot90_k:
+                image, depth = np.rot90(image, plan.rot90_k), np.rot90(depth, plan.rot90_k)
+                extri, intri = rotate_camera(extri, intri, plan.out_hw, plan.rot90_k)
+            parts["images"].append(jitter(torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255.0)))
+            parts["depths"].append(torch.from_numpy(depth.copy()))
+            parts["extrinsics"].append(torch.tensor(extri, dtype=torch.float32))
+            parts["intrinsics"].append(torch.tensor(intri, dtype=torch.float32))
+        samples.append({k: torch.stack(v) for k, v in parts.items()})
+    batch = {k: torch.stack([s[k] for s in samples]) for k in keys}
+    batch["point_masks"] = batch["depths"] > 0
+    batch["cam_points"] = depth_to_cam_points(batch["depths"], batch["intrinsics"])
+    batch["world_points"] = depth_to_world_points(batch["depths"], batch["extrinsics"], batch["intrinsics"])
+    return normalize_batch(batch) if normalize else batch

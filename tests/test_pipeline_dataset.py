@@ -164,6 +164,8 @@ def test_jpeg_draft_decoding_keeps_the_geometry(data):
     fast, full = MultiViewDataset(data["root"], "train", **kw), MultiViewDataset(data["root"], "train", use_draft=False, **kw)
     seq = fast.sequences[0]
     a, b = fast.get_sample(seq, [0, 5, 10], 1.0), full.get_sample(seq, [0, 5, 10], 1.0)
+    deferred = MultiViewDataset(data["root"], "train", resample="device", **kw).get_sample(seq, [0, 5, 10], 1.0)
+    assert torch.equal(deferred["images"], a["images"])  # the device resize reads the same draft
     for k in ("depths", "world_points", "extrinsics", "intrinsics"):
         assert torch.equal(a[k], b[k])
     diff = (a["images"] - b["images"]).abs()

@@ -1,5 +1,6 @@
 """RankBatchStream + DataLoader: normalisation invariants, worker-count independence, identical global batches for
-world sizes 1, 2 and 4, resume, flat worker memory."""
+world sizes 1, 2 and 4, resume, flat worker memory. Streams yield the workers' (unfinished) batches; finish_batch
+completes them, as the trainer does after moving them to its device."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from pipeline_data import rss_anon, tiny_dataset
 from vggt_train.data.collate import collate_and_normalize, collate_samples
 from vggt_train.data.dataset import MultiViewDataset
+from vggt_train.data.finish import finish_batch, is_finished
 from vggt_train.data.loader import RankBatchStream, make_loader
 from vggt_train.data.sampler import StepPlanner
 
@@ -29,9 +31,9 @@ def make_planner(ds, **kw):
 
 def test_batches_are_normalised(ds):
     stream = RankBatchStream(ds, make_planner(ds), 0, 1, 1)
-    raw_stream = RankBatchStream(ds, make_planner(ds), 0, 1, 1, normalize=False)
+    raw_stream = RankBatchStream(ds, make_planner(ds), 0, 1, 1, normalize=False, finish=True)
     for step in range(3):
-        b, raw = stream.batch(step), raw_stream.batch(step)
+        b, raw = finish_batch(stream.batch(step)), raw_stream.batch(step)
         B, S = b["images"].shape[:2]
         assert b["step"] == step and len(b["seq_names"]) == B and b["frame_ids"].shape == (B, S)
         eye = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1).expand(B, 3, 4)
@@ -56,7 +58,7 @@ def test_collate_of_samples_equals_load_batch(ds):
     stream = RankBatchStream(ds, make_planner(ds), 0, 1, 1)
     plan = stream.planner.rank_specs(4, 0, 1)
     samples = [ds.get_sample(s.sequence, s.frame_ids, plan.aspect_ratio, s.aug_seed) for s in plan.specs]
-    a, b = collate_and_normalize(samples), stream.batch(4)  # geometry.normalize_batch vs the fused normalisation
+    a, b = collate_and_normalize(samples), finish_batch(stream.batch(4))  # geometry.normalize_batch vs the split one
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["point_masks"], b["point_masks"])
     for k in ("depths", "extrinsics", "world_points", "cam_points"):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
@@ -69,7 +71,9 @@ def test_stream_is_the_same_with_any_number_of_workers(ds):
     loaded = list(make_loader(RankBatchStream(ds, planner, 1, 2, accum_steps=2, num_steps=3), num_workers=2, pin_memory=False))
     assert len(direct) == len(loaded) == 6
     for a, b in zip(direct, loaded):
+        assert not is_finished(b)  # workers ship the batch unfinished, through pinning/conversion intact
         assert (a["step"], a["micro_step"]) == (b["step"], b["micro_step"])
+        a, b = finish_batch(a), finish_batch(b)
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["world_points"], b["world_points"])
 
 
@@ -83,7 +87,7 @@ def test_global_batches_are_identical_for_world_sizes_1_2_4(ds):
         for step in (0, 1):
             chunks = {}
             for rank in range(world_size):
-                stream = RankBatchStream(ds, planner, rank, world_size, accum, start_step=step, num_steps=1)
+                stream = RankBatchStream(ds, planner, rank, world_size, accum, start_step=step, num_steps=1, finish=True)
                 for micro, batch in enumerate(stream):
                     chunks[micro * world_size + rank] = batch
             per_step.append({k: torch.cat([chunks[c][k] for c in sorted(chunks)]) for k in ("images", "world_points", "extrinsics")}
@@ -105,7 +109,7 @@ def test_resumed_stream_continues_the_same_batches(ds):
     resumed_planner.load_state_dict(state)
     resumed = list(RankBatchStream(ds, resumed_planner, 0, 1, accum_steps=2, start_step=resumed_planner.step, num_steps=2))
     for a, b in zip(full[4:], resumed):
-        assert a["step"] == b["step"] and torch.equal(a["images"], b["images"])
+        assert a["step"] == b["step"] and torch.equal(a["pending_images"], b["pending_images"])
 
 
 def test_worker_memory_is_flat(ds):

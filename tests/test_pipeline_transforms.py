@@ -13,6 +13,7 @@ from vggt_train.data.transforms import (
     ColorJitterConfig,
     JitterDraw,
     ViewDraw,
+    gather_depth,
     open_image,
     plan_view,
     resample_depth,
@@ -99,6 +100,16 @@ def test_scale_draws_are_capped_and_identity_without_augmentation():
     assert not any(d.swap for d in draws)  # landscape_check is off by default
     plan = plan_view((100, 200), np.array([[100.0, 0, 100.0], [0, 100, 50.0], [0, 0, 1]]), (56, 56), ViewDraw())
     assert plan.crop == (0, 0, 100, 200)  # no random crop: the whole image around the centred principal point
+
+
+def test_depth_gather_keeps_float16_and_drops_non_finite_values():
+    depth = np.full((40, 60), 2.5, np.float16)
+    depth[10, 10:20], depth[11, 10:20], depth[12, 10:20] = np.nan, np.inf, -np.inf
+    plan = plan_view((40, 60), np.array([[50.0, 0, 29.5], [0, 50, 19.5], [0, 0, 1]]), (28, 28), ViewDraw())
+    out = gather_depth(depth, plan)
+    assert out.dtype == np.float16 and out.shape == (28, 28) and np.isfinite(out).all()
+    assert set(np.unique(out).tolist()) == {0.0, 2.5} and (out == 0).sum() > 0
+    np.testing.assert_array_equal(resample_depth(depth, plan), out.astype(np.float32))
 
 
 @pytest.mark.parametrize("k", [-1, 1])

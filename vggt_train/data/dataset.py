@@ -9,6 +9,12 @@
 Samples are *not* batch-normalised (collate.normalize does it). frame_ids are positions 0..num_frames-1 within the
 sequence. With augment=False a sample depends on nothing but its arguments; with augment=True on `aug_seed` too.
 
+Two stages: `load_batch(..., finish=False)` is the CPU part a DataLoader worker runs (read, decode, crop/resize,
+depth gather, every random draw) and returns compact uint8 / float16 tensors; `finish.finish_batch` does the rest
+(uint8 -> float, colour jitter, points, normalisation) wherever the batch is, the training device in the trainer.
+`get_sample` and `load_batch(finish=True)` run both on the CPU. resample="device" leaves the resize itself to the
+finishing stage too (PIL's exact LANCZOS/BICUBIC, see resample.py): the worker then only decodes and cuts.
+
 Reading shards: only the image bytes, depth bytes, height/width, extrinsic, intrinsic and frame columns are
 touched, straight from the memory-mapped Arrow buffers (depth is a zero-copy float16 view); nothing is cached, so a
 worker's memory does not grow with the number of samples it has produced.
@@ -30,27 +36,26 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from vggt_train.data.finish import Pending, finish_batch
 from vggt_train.data.sampler import IndexInfo, SampleSpec
 from vggt_train.data.transforms import (
+    JITTER_FIELDS,
     AugmentConfig,
     BadView,
     JitterDraw,
     ViewDraw,
+    gather_depth,
     image_size_hw,
     open_image,
     plan_view,
-    resample_depth,
-    resample_image,
+    resize_for_device,
+    resize_valid,
     rotate_camera,
     target_shape,
 )
 
 log = logging.getLogger("vggt_train.data")
-
-_transpose = getattr(Image, "Transpose", Image)  # Pillow < 9.1 has the constants on Image
-_ROTATE_CW, _ROTATE_CCW = _transpose.ROTATE_270, _transpose.ROTATE_90  # PIL angles are counter-clockwise
 
 _MAX_LOGGED = 10000  # distinct bad frames remembered for once-only warnings (bounds the set's memory)
 
@@ -228,57 +233,6 @@ def resolve_split_dir(path: str, split: Optional[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the dataset
-def points_into(depth: torch.Tensor, intrinsic: np.ndarray, extrinsic: np.ndarray, cam_out: torch.Tensor, world_out: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> float:
-    """Unproject depth [H, W] into cam_out and world_out [H, W, 3] (integer pixel centres, as geometry.depth_to_cam_points).
-
-    Returns the sum of |world point| over `mask` [H, W] (0.0 without a mask), for the batch normalisation.
-
-    world = depth * R^T K^-1 [u, v, 1] + (-R^T t): the ray direction is separable in u and v, so each channel is an
-    outer sum times the depth (numpy on the tensors' memory; a [HW, 3] x [3, 3] matmul is several times slower).
-    """
-    H, W = depth.shape
-    d = depth.numpy()
-    fx, fy, cx, cy = intrinsic[0, 0], intrinsic[1, 1], intrinsic[0, 2], intrinsic[1, 2]
-    xs = (np.arange(W) - cx) / fx  # [W] camera x per unit depth
-    ys = (np.arange(H) - cy) / fy  # [H]
-    cam, world = cam_out.numpy(), world_out.numpy()
-    np.multiply(d, xs[None, :].astype(np.float32), out=cam[..., 0])
-    np.multiply(d, ys[:, None].astype(np.float32), out=cam[..., 1])
-    cam[..., 2] = d
-    rot_t = np.asarray(extrinsic[:, :3], np.float64).T
-    centre = -rot_t @ np.asarray(extrinsic[:, 3], np.float64)
-    squares = np.zeros((H, W), np.float32) if mask is not None else None
-    for k in range(3):
-        ray = np.add.outer((ys * rot_t[k, 1] + rot_t[k, 2]).astype(np.float32), (xs * rot_t[k, 0]).astype(np.float32))
-        ray *= d
-        ray += np.float32(centre[k])
-        world[..., k] = ray
-        if squares is not None:  # planar and contiguous here: far cheaper than a norm over the last dim later
-            squares += ray * ray
-    if squares is None:
-        return 0.0
-    np.sqrt(squares, out=squares)
-    squares *= mask.numpy()
-    return float(squares.sum(dtype=np.float64))
-
-
-def empty_batch(batch_size: int, num_images: int, hw) -> Dict[str, torch.Tensor]:
-    """Uninitialised [B, S, ...] tensors of a batch (filled in place by MultiViewDataset.load_batch)."""
-    B, S, (H, W) = batch_size, num_images, hw
-    return {
-        "images": torch.empty(B, S, 3, H, W),
-        "depths": torch.empty(B, S, H, W),
-        "extrinsics": torch.empty(B, S, 3, 4),
-        "intrinsics": torch.empty(B, S, 3, 3),
-        "cam_points": torch.empty(B, S, H, W, 3),
-        "world_points": torch.empty(B, S, H, W, 3),
-        "point_masks": torch.empty(B, S, H, W, dtype=torch.bool),
-        "frame_ids": torch.empty(B, S, dtype=torch.int64),
-        "frames": torch.empty(B, S, dtype=torch.int64),
-    }
-
-
 def _homogeneous(extrinsic: np.ndarray) -> np.ndarray:
     return np.concatenate([extrinsic, [[0.0, 0.0, 0.0, 1.0]]], 0)
 
@@ -291,18 +245,41 @@ def _inverse_se3(extrinsic: np.ndarray) -> np.ndarray:
     return inv
 
 
-# geometry.normalize_batch's bounds and count epsilon, so the fused normalisation gives the same numbers
-_SCALE_MIN, _SCALE_MAX, _COUNT_EPS = 1e-6, 1e6, 1e-3
+@dataclass
+class _View:
+    """One view after the worker's geometry: image (uint8 [vh, vw, 3] before rotation, or with a deferred resize
+    (window, ViewResample)), depth [out_hw] after rotation, cameras after rotation, and the plan."""
+
+    image: Any
+    depth: np.ndarray
+    extrinsic: np.ndarray
+    intrinsic: np.ndarray
+    plan: Any
 
 
-def _scale_sample_(out: Dict[str, torch.Tensor], b: int, dist_sum: float) -> None:
-    """Divide sample b's translations, depths, cam and world points (already in camera 0's frame) by the mean
-    distance of its valid world points (dist_sum / count), in place."""
-    count = int(out["point_masks"][b].sum())
-    scale = min(max(dist_sum / (count + _COUNT_EPS), _SCALE_MIN), _SCALE_MAX)
-    for key in ("world_points", "cam_points", "depths"):
-        out[key][b].div_(scale)
-    out["extrinsics"][b, :, :, 3].div_(scale)
+class _Deferred:
+    """Per-view windows and coefficients of a batch whose resize runs in finish_batch."""
+
+    def __init__(self, n: int):
+        self.windows: List[Optional[np.ndarray]] = [None] * n
+        self.coeffs: List[Any] = [None] * n
+        self.rot90, self.vertical_first = [0] * n, [False] * n
+        self.out_hw: List[tuple] = [(0, 0)] * n
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        from vggt_train.data.resample import pack
+
+        n = len(self.windows)
+        h = max([w.shape[0] for w in self.windows if w is not None] or [1])
+        w_ = max([w.shape[1] for w in self.windows if w is not None] or [1])
+        window = torch.zeros((n, h, w_, 3), dtype=torch.uint8)
+        dst = window.numpy()
+        for i, win in enumerate(self.windows):
+            if win is not None:
+                dst[i, :win.shape[0], :win.shape[1]] = win
+        first_x, weights_x, first_y, weights_y = pack(self.coeffs, (max(o[0] for o in self.out_hw), max(o[1] for o in self.out_hw)))
+        return {"pending_window": window, "pending_first_x": first_x, "pending_weights_x": weights_x,
+                "pending_first_y": first_y, "pending_weights_y": weights_y}
 
 
 class _SequenceUnusable(Exception):
@@ -315,19 +292,23 @@ class MultiViewDataset:
     path/split: the converted dataset root and split name (or a split directory). source: any FrameSource instead
     (InMemorySource, raw_reader.RawCo3DSource). aug: the random parts (AugmentConfig; ignored when augment=False).
     use_draft: decode JPEGs at a reduced DCT scale where the output resolution allows (much faster for large
-    sources; the geometry is unchanged).
+    sources; the geometry is unchanged). resample: where the resize runs, "worker" (PIL, in load_batch) or
+    "device" (the same numbers, in finish_batch; pays off where the batch is finished on an accelerator).
     """
 
     def __init__(self, path: Optional[str] = None, split: Optional[str] = "train", img_size: int = 518, patch_size: int = 14,
                  augment: bool = True, aug: Optional[AugmentConfig] = None, *, source: Optional[FrameSource] = None,
-                 use_draft: bool = True, max_frame_retries: int = 8, max_sequence_retries: int = 8):
+                 use_draft: bool = True, resample: str = "worker", max_frame_retries: int = 8, max_sequence_retries: int = 8):
         if source is None:
             if path is None:
                 raise ValueError("MultiViewDataset needs a path (converted dataset) or a source")
             source = ShardSource(resolve_split_dir(path, split))
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
+        if resample not in ("worker", "device"):
+            raise ValueError(f"resample={resample!r}; choose 'worker' or 'device'")
         self.source = source
+        self.resample = resample
         self.img_size, self.patch_size = int(img_size), int(patch_size)
         self.augment = bool(augment)
         self.aug = aug if aug is not None else AugmentConfig()
@@ -381,13 +362,18 @@ class MultiViewDataset:
             out.pop(k)
         return out
 
-    def load_batch(self, specs: Sequence[SampleSpec], aspect_ratio: float = 1.0, normalize: bool = False) -> Dict[str, Any]:
-        """[B, S, ...] tensors for B specs with the same S, filled in place (no per-sample stacking copy).
+    def load_batch(self, specs: Sequence[SampleSpec], aspect_ratio: float = 1.0, normalize: bool = False,
+                   finish: bool = True) -> Dict[str, Any]:
+        """B specs with the same S as one batch of [B, S, ...] tensors, filled in place (no per-sample stacking).
 
+        finish=False stops after the worker's part (see finish.py): uint8 images (or source windows), float16
+        depth, float32 cameras and the drawn jitter, to be finished by `finish_batch` on the training device.
+        finish=True also finishes it here on the CPU: images, depths, extrinsics, intrinsics, cam_points,
+        world_points, point_masks.
         normalize=True applies the official batch normalisation (geometry.normalize_batch: camera 0 becomes the
-        world origin, translations / depths / points divided by the mean distance of the valid world points) fused
-        into the point computation: the points are computed in camera 0's frame directly and scaled in place,
-        several times cheaper than normalising afterwards (same result to float32 rounding; tested).
+        world origin, translations / depths / points divided by the mean distance of the valid world points),
+        split in two: the rigid part here in float64, the scale in the finishing stage (same result to float32
+        rounding; tested).
         Extra keys: seq_names [B], categories [B], replaced [B] lists of replaced frames, frame_ids / frames [B, S]
         (positions used, annotation frame indices).
         """
@@ -397,14 +383,27 @@ class MultiViewDataset:
         if S < 1 or any(len(s.frame_ids) != S for s in specs):
             raise ValueError("every sample of a batch needs the same, non-zero number of frames")
         hw = self.target_shape(aspect_ratio)
-        out = empty_batch(len(specs), S, hw)
-        out.update(seq_names=[], categories=[], replaced=[])
+        B, (H, W) = len(specs), hw
+        out: Dict[str, Any] = {
+            "extrinsics": torch.empty(B, S, 3, 4), "intrinsics": torch.empty(B, S, 3, 3),
+            "frame_ids": torch.empty(B, S, dtype=torch.int64), "frames": torch.empty(B, S, dtype=torch.int64),
+            "pending_depths": torch.zeros(B, S, H, W, dtype=torch.float16),
+            "seq_names": [], "categories": [], "replaced": [],
+        }
+        deferred = _Deferred(B * S) if self.resample == "device" else None
+        if deferred is None:
+            out["pending_images"] = torch.zeros(B, S, H, W, 3, dtype=torch.uint8)
+        jitter = np.zeros((B * S, len(JITTER_FIELDS)))
         for b, spec in enumerate(specs):
-            seq, replaced = self._fill_sample(out, b, spec, hw, normalize)
+            seq, replaced = self._fill_sample(out, deferred, jitter, b, spec, hw, normalize)
             out["seq_names"].append(seq)
             out["categories"].append(self.source.category(seq))
             out["replaced"].append(replaced)
-        return out
+        if deferred is not None:
+            out.update(deferred.tensors())
+        out["pending"] = Pending(B, S, hw, bool(normalize), jitter, tuple(deferred.rot90) if deferred else (),
+                                 tuple(deferred.vertical_first) if deferred else (), tuple(deferred.out_hw) if deferred else ())
+        return finish_batch(out) if finish else out
 
     def _draws(self, spec: SampleSpec, S: int):
         if not self.augment:
@@ -418,18 +417,18 @@ class MultiViewDataset:
             jitters = [JitterDraw.draw(rng, cj, gp) for _ in range(S)]
         return views, jitters
 
-    def _fill_sample(self, out: Dict, b: int, spec: SampleSpec, hw, normalize: bool):
-        views, jitters = self._draws(spec, len(spec.frame_ids))
+    def _fill_sample(self, out: Dict, deferred: Optional[_Deferred], jitter: np.ndarray, b: int, spec: SampleSpec, hw, normalize: bool):
+        S = len(spec.frame_ids)
+        views, jitters = self._draws(spec, S)
+        jitter[b * S:(b + 1) * S] = [j.row() for j in jitters]
         seq, replaced = spec.sequence, []
         if seq not in self._seq_pos:
             raise KeyError(f"sequence {seq!r} is not in the dataset")
         for attempt in range(self.max_sequence_retries):
             try:
-                frame0 = {"dist_sum": 0.0} if normalize else None
+                frame0 = {} if normalize else None
                 for v, pos in enumerate(spec.frame_ids):
-                    self._fill_view(out, b, v, seq, pos, views[v], jitters[v], hw, replaced, frame0)
-                if normalize:
-                    _scale_sample_(out, b, frame0["dist_sum"])
+                    self._fill_view(out, deferred, b, v, seq, pos, views[v], hw, replaced, frame0)
                 return seq, replaced
             except _SequenceUnusable:
                 nxt = self.sequences[(self._seq_pos[seq] + 1) % len(self.sequences)]
@@ -440,45 +439,61 @@ class MultiViewDataset:
         raise RuntimeError(f"{self.max_sequence_retries} sequences in a row had no usable frame (last: {seq}); "
                            f"the dataset looks corrupt: run `vggt-train verify-dataset`")
 
-    def _fill_view(self, out, b, v, seq, pos, draw, jitter, hw, replaced, frame0):
-        """Fill view v of sample b; with frame0 (a dict, empty for view 0) the cameras and points are expressed
-        relative to view 0's camera (its inverse is stored in frame0)."""
+    def _fill_view(self, out, deferred, b, v, seq, pos, draw, hw, replaced, frame0):
+        """Fill view v of sample b (the worker's part); with frame0 (a dict, empty for view 0) the extrinsic is
+        expressed relative to view 0's camera (its inverse is stored in frame0)."""
         n = self.source.num_frames(seq)
         pos = int(pos) % n
         for k in range(min(n, self.max_frame_retries)):
             p = (pos + k) % n
             try:
                 frame = self.source.read_frame(seq, p)
-                image, depth, extri, intri = self._process(frame, draw, hw)
+                view = self._process(frame, draw, hw)
             except (BadFrame, BadView) as exc:
                 self._report(seq, p, exc)
                 continue
             if k:
                 replaced.append(f"{seq}/{pos} -> {seq}/{p}")
-            img_t = out["images"][b, v]
-            img_t.copy_(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # np.array: torch refuses read-only buffers
-            img_t.div_(255.0)
-            jitter(img_t)
-            depth_t = out["depths"][b, v]
-            depth_t.copy_(torch.from_numpy(np.ascontiguousarray(depth)))
-            torch.gt(depth_t, 0, out=out["point_masks"][b, v])
+            self._store_image(out, deferred, b, v, view)
+            depths = out["pending_depths"]
+            if view.depth.dtype != np.float16 and depths.dtype == torch.float16:
+                depths = out["pending_depths"] = depths.float()  # a float32 source keeps its precision
+            depths[b, v].numpy()[...] = view.depth
+            extri = view.extrinsic
             if frame0 is not None:
                 if "inverse" not in frame0:
                     frame0["inverse"] = _inverse_se3(extri)
                 extri = (_homogeneous(extri) @ frame0["inverse"])[:3]
-                frame0["dist_sum"] += points_into(depth_t, intri, extri, out["cam_points"][b, v], out["world_points"][b, v],
-                                                  out["point_masks"][b, v])
-            else:
-                points_into(depth_t, intri, extri, out["cam_points"][b, v], out["world_points"][b, v])
             out["extrinsics"][b, v] = torch.from_numpy(np.array(extri, dtype=np.float32))
-            out["intrinsics"][b, v] = torch.from_numpy(np.array(intri, dtype=np.float32))
+            out["intrinsics"][b, v] = torch.from_numpy(np.array(view.intrinsic, dtype=np.float32))
             out["frame_ids"][b, v] = p
             out["frames"][b, v] = frame.frame
             return
         raise _SequenceUnusable(seq)
 
-    def _process(self, frame: RawFrame, draw: ViewDraw, hw):
-        """(PIL RGB image, depth float32 [H, W], extrinsic [3, 4], intrinsic [3, 3]) of one view, after the geometry."""
+    def _store_image(self, out, deferred, b, v, view: _View) -> None:
+        plan = view.plan
+        if deferred is not None:
+            i = b * out["pending_depths"].shape[1] + v
+            deferred.windows[i], deferred.coeffs[i] = view.image if view.image is not None else (None, None)
+            deferred.rot90[i] = plan.rot90_k
+            deferred.vertical_first[i] = bool(view.image is not None and view.image[1].vertical_first)
+            deferred.out_hw[i] = tuple(plan.out_hw)
+            return
+        dst = out["pending_images"][b, v].numpy()
+        vh, vw = plan.valid_hw
+        if plan.rot90_k:
+            canvas = np.zeros(tuple(plan.out_hw) + (3,), np.uint8)
+            if view.image is not None:
+                canvas[:vh, :vw] = view.image
+            dst[...] = np.rot90(canvas, plan.rot90_k)
+            return
+        dst[...] = 0
+        if view.image is not None:
+            dst[:vh, :vw] = view.image
+
+    def _process(self, frame: RawFrame, draw: ViewDraw, hw) -> _View:
+        """One view through the worker's part of the recipe (decode, crop, resize, depth, cameras, rotation)."""
         try:
             img = open_image(frame.image)
             src_hw = image_size_hw(img)
@@ -487,19 +502,22 @@ class MultiViewDataset:
         if tuple(frame.depth.shape) != tuple(src_hw):
             raise BadFrame(frame.where, "depth", f"depth {tuple(frame.depth.shape)} does not match the image {src_hw}")
         plan = plan_view(src_hw, frame.intrinsic, hw, draw)
-        try:
-            image = resample_image(img, plan, self.use_draft)
-        except Exception as exc:
-            raise BadFrame(frame.where, "image", f"cannot be decoded: {type(exc).__name__}: {exc}") from None
-        depth = resample_depth(frame.depth, plan)
         extri, intri = np.asarray(frame.extrinsic, np.float64), plan.intrinsic
         if not (np.isfinite(extri).all() and np.isfinite(intri).all() and intri[0, 0] > 0 and intri[1, 1] > 0):
             raise BadFrame(frame.where, "extrinsic/intrinsic", "non-finite camera or focal length <= 0")
+        try:
+            if self.resample == "device":
+                image = resize_for_device(img, plan, self.use_draft)
+            else:
+                resized = resize_valid(img, plan, self.use_draft)
+                image = None if resized is None else np.asarray(resized)
+        except Exception as exc:
+            raise BadFrame(frame.where, "image", f"cannot be decoded: {type(exc).__name__}: {exc}") from None
+        depth = gather_depth(frame.depth, plan)
         if plan.rot90_k:
-            image = image.transpose(_ROTATE_CW if plan.rot90_k == -1 else _ROTATE_CCW)
             depth = np.rot90(depth, plan.rot90_k)
             extri, intri = rotate_camera(extri, intri, plan.out_hw, plan.rot90_k)
-        return image, depth, extri, intri
+        return _View(image, depth, extri, intri, plan)
 
     def _report(self, seq: str, pos: int, exc: Exception) -> None:
         self.bad_frames += 1

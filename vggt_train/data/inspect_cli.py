@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                               seed=args.seed, frame_sampling=args.frame_sampling, max_img_per_gpu=args.num_images * args.samples)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    batch = RankBatchStream(ds, planner, normalize=not args.no_normalize).batch(args.step)
+    batch = RankBatchStream(ds, planner, normalize=not args.no_normalize, finish=True).batch(args.step)
     os.makedirs(args.out, exist_ok=True)
     png = os.path.join(args.out, f"batch_step{args.step}.png")
     write_grid(batch, png)

@@ -177,13 +177,12 @@ def image_size_hw(img: Image.Image) -> Tuple[int, int]:
     return img.size[1], img.size[0]
 
 
-def resample_image(img: Image.Image, plan: ViewPlan, use_draft: bool = True) -> Image.Image:
-    """The view's RGB image [out_hw] (before rotation), zero outside the valid region.
+def _drafted(img: Image.Image, plan: ViewPlan, use_draft: bool):
+    """(RGB image, box in its pixels, PIL filter) of the view's resize, after a JPEG draft where it is allowed.
 
     With use_draft, a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain when the output needs at most
     that resolution (each axis); the box is mapped into the draft's pixels, so the geometry is unchanged.
     """
-    (th, tw), (vh, vw) = plan.out_hw, plan.valid_hw
     downscale = 1.0
     if use_draft and img.format == "JPEG":
         W, H = img.size
@@ -194,38 +193,83 @@ def resample_image(img: Image.Image, plan: ViewPlan, use_draft: bool = True) -> 
             downscale = W / res[1][2]
     if img.mode != "RGB":
         img = img.convert("RGB")
-    if vh <= 0 or vw <= 0:
-        return Image.new("RGB", (tw, th))
     x0, y0, x1, y1 = plan.source_box(downscale)
     Wd, Hd = img.size
     box = (max(0.0, x0), max(0.0, y0), min(float(Wd), x1), min(float(Hd), y1))
+    vh, vw = plan.valid_hw
     upsampling = vw > (box[2] - box[0]) or vh > (box[3] - box[1])
-    out = img.resize((vw, vh), _BICUBIC if upsampling else _LANCZOS, box=box)
-    if (vh, vw) == (th, tw):
+    return img, box, _BICUBIC if upsampling else _LANCZOS
+
+
+def resize_valid(img: Image.Image, plan: ViewPlan, use_draft: bool = True) -> Optional[Image.Image]:
+    """The valid part [valid_hw] of the view's RGB image (before rotation), or None when nothing is valid."""
+    vh, vw = plan.valid_hw
+    if vh <= 0 or vw <= 0:
+        img.load()  # still decode: an undecodable image must fail here, not pass as an empty view
+        return None
+    img, box, resample = _drafted(img, plan, use_draft)
+    return img.resize((vw, vh), resample, box=box)
+
+
+def resample_image(img: Image.Image, plan: ViewPlan, use_draft: bool = True) -> Image.Image:
+    """The view's RGB image [out_hw] (before rotation), zero outside the valid region (see `_drafted`)."""
+    (th, tw) = plan.out_hw
+    out = resize_valid(img, plan, use_draft)
+    if out is None:
+        return Image.new("RGB", (tw, th))
+    if out.size == (tw, th):
         return out
     canvas = Image.new("RGB", (tw, th))
     canvas.paste(out, (0, 0))
     return canvas
 
 
-def resample_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
-    """Nearest-neighbour depth [out_hw] float32 at the output pixel centres (each value is a source value); 0 outside."""
+def resize_for_device(img: Image.Image, plan: ViewPlan, use_draft: bool = True):
+    """What the device needs to resize the view as `resize_valid` does, bit for bit (see vggt_train.data.resample):
+    (source window [h, w, 3] uint8, ViewResample), or None when nothing is valid."""
+    from vggt_train.data.resample import ViewResample
+
+    vh, vw = plan.valid_hw
+    if vh <= 0 or vw <= 0:
+        img.load()
+        return None
+    img, box, resample = _drafted(img, plan, use_draft)
+    coeffs = ViewResample(img.size, box, (vw, vh), "bicubic" if resample == _BICUBIC else "lanczos")
+    r0, r1, c0, c1 = coeffs.window
+    return np.asarray(img.crop((c0, r0, c1, r1))), coeffs
+
+
+def gather_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
+    """Nearest-neighbour depth [out_hw] at the output pixel centres, in the source's dtype (float16 stays float16:
+    no conversion in the worker); 0 outside the valid region and where the stored value is not finite."""
     (th, tw), (vh, vw) = plan.out_hw, plan.valid_hw
     (y0, x0), (sy, sx) = plan.origin, plan.scale
     top, left, h1, w1 = plan.crop
-    out = np.zeros((th, tw), np.float32)
+    dtype = depth.dtype if depth.dtype in (np.float16, np.float32) else np.float32
+    out = np.zeros((th, tw), dtype)
     if vh <= 0 or vw <= 0:
         return out
     rows = np.clip(np.floor(y0 + (np.arange(vh) + 0.5) / sy).astype(np.int64), top, top + h1 - 1)
     cols = np.clip(np.floor(x0 + (np.arange(vw) + 0.5) / sx).astype(np.int64), left, left + w1 - 1)
-    # rows first, then columns: two 1-D takes are ~2x faster than one 2-D fancy index; torch converts float16 to
-    # float32 ~20x faster than numpy
-    taken = np.take(np.take(depth, rows, axis=0), cols, axis=1)
-    torch.from_numpy(out)[:vh, :vw].copy_(torch.from_numpy(taken))
-    bad = ~np.isfinite(out)
-    if bad.any():  # NaN/inf would poison the points and the batch scale; they mean "no depth"
-        out[bad] = 0
+    # rows first, then columns: two 1-D takes are ~2x faster than one 2-D fancy index
+    valid = out[:vh, :vw]
+    valid[...] = np.take(np.take(depth, rows, axis=0), cols, axis=1)
+    # NaN/inf would poison the points and the batch scale; they mean "no depth"
+    if dtype == np.float16:
+        bad = (valid.view(np.uint16) & 0x7C00) == 0x7C00  # exponent all ones: inf or NaN (a bit test, 10x faster)
+    else:
+        bad = ~np.isfinite(valid)
+    if bad.any():
+        valid[bad] = 0
     return out
+
+
+def resample_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
+    """`gather_depth` as float32 (each value is a source value); 0 outside the valid region."""
+    out = gather_depth(depth, plan)
+    if out.dtype == np.float32:
+        return out
+    return torch.from_numpy(out).float().numpy()  # torch converts float16 to float32 ~20x faster than numpy
 
 
 # Camera rotations (new camera-from-old camera) for an image rotated by np.rot90(k): clockwise k=-1, ccw k=1.
@@ -278,9 +322,15 @@ class JitterDraw:
             grayscale=bool(u[5] < grayscale_p),
         )
 
+    def row(self) -> Tuple[float, ...]:
+        """The draw as JITTER_FIELDS numbers (what the worker ships and `apply_jitter_` reads)."""
+        return (float(self.apply), self.brightness, self.contrast, self.saturation, self.hue, *map(float, self.order),
+                float(self.grayscale))
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Apply in place to an RGB image [3, H, W] float in [0, 1] (torchvision's tensor ColorJitter semantics:
-        scale / blend with the mean grey / blend with the grayscale / HSV hue rotation, clamped after each op)."""
+        """Apply in place to one RGB image [3, H, W] float in [0, 1] (torchvision's tensor ColorJitter semantics:
+        scale / blend with the mean grey / blend with the grayscale / HSV hue rotation, clamped after each op).
+        The reference for `apply_jitter_`, which does the same for runs of views at once."""
         if self.apply:
             for op in self.order:
                 if op == 0 and self.brightness != 1:
@@ -298,35 +348,105 @@ class JitterDraw:
         return img
 
 
+JITTER_FIELDS = ("apply", "brightness", "contrast", "saturation", "hue", "op0", "op1", "op2", "op3", "grayscale")
+
+
+def _runs(keys) -> list:
+    """[(start, stop)] of the maximal runs of equal, non-None keys."""
+    runs, start = [], None
+    for i, k in enumerate(list(keys) + [None]):
+        if start is not None and k != keys[start]:
+            runs.append((start, i))
+            start = None
+        if start is None and k is not None:
+            start = i
+    return runs
+
+
+def apply_jitter_(images: torch.Tensor, params) -> torch.Tensor:
+    """JitterDraw.__call__ for N views at once, in place: images [N, 3, H, W] float in [0, 1] on any device,
+    params [N, len(JITTER_FIELDS)] (host numbers, `JitterDraw.row`).
+
+    Consecutive views with the same op order (a sample's shared jitter, above all) form one run and get each op
+    in one batched call with per-view factors: the same arithmetic as the per-view reference, with fewer kernel
+    launches on an accelerator and no copies on the CPU.
+    """
+    p = np.asarray(params, np.float64).reshape(len(images), len(JITTER_FIELDS))
+    if not (p[:, 0] > 0).any() and not (p[:, 9] > 0).any():
+        return images
+    factors = torch.as_tensor(p[:, 1:5], dtype=images.dtype).to(images.device, non_blocking=True)
+    keys = [tuple(int(o) for o in row[5:9]) + (row[4] != 0,) if row[0] > 0 else None for row in p]
+    for start, stop in _runs(keys):
+        sub, f = images[start:stop], factors[start:stop, :, None, None, None]  # f[:, k]: [n, 1, 1, 1]
+        op_needed = (p[start:stop, 1:5] != np.array([1.0, 1.0, 1.0, 0.0])).any(axis=0)
+        for op in keys[start][:4]:
+            if not op_needed[op]:
+                continue
+            if op == 0:
+                sub.mul_(f[:, 0]).clamp_(0, 1)
+            elif op == 1:
+                mean = grayscale(sub).mean(dim=(1, 2, 3), keepdim=True)
+                sub.mul_(f[:, 1]).add_((1 - f[:, 1]) * mean).clamp_(0, 1)
+            elif op == 2:
+                gray = grayscale(sub).mul_(1 - f[:, 2])  # of the image before the scaling
+                sub.mul_(f[:, 2]).add_(gray).clamp_(0, 1)
+            else:
+                rotate_hue_(sub, f[:, 3, 0])
+    for start, stop in _runs([True if row[9] > 0 else None for row in p]):
+        sub = images[start:stop]
+        sub.copy_(grayscale(sub).expand_as(sub))
+    return images
+
+
 def grayscale(img: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601-2 luma [1, H, W] of an RGB image [3, H, W] (the weights torchvision uses)."""
-    return (0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
+    """ITU-R 601-2 luma [..., 1, H, W] of RGB images [..., 3, H, W] (the weights torchvision uses)."""
+    r, g, b = img.unbind(-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
 
 
-def rotate_hue_(img: torch.Tensor, hue: float) -> torch.Tensor:
-    """Rotate the HSV hue of an RGB image [3, H, W] in [0, 1] by `hue` turns, in place.
+def _eq_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out = (a == b) as 0/1. On the CPU straight into the float tensor (a bool intermediate and its conversion
+    cost ~10x more there, measured)."""
+    if out.device.type == "cpu":
+        return torch.eq(a, b, out=out)
+    return out.copy_(a == b)
+
+
+def _mod6_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """x -= 6 floor(x / 6), in place (tmp: scratch of x's shape)."""
+    torch.div(x, 6, out=tmp).floor_()
+    return x.sub_(tmp, alpha=6)  # 6 * an integer-valued float is exact: same as x - 6 * floor(x / 6)
+
+
+def rotate_hue_(img: torch.Tensor, hue) -> torch.Tensor:
+    """Rotate the HSV hue of RGB images [..., 3, H, W] in [0, 1] by `hue` turns (a number, or a tensor that
+    broadcasts to [..., H, W], e.g. [N, 1, 1] per view), in place.
 
     Equal to RGB -> HSV, h += hue (mod 1), HSV -> RGB, without the round trip: the hue rotation keeps each pixel's
     max M and min m, and channel c becomes m + (M - m) * f_c(h6) with the HSV trapezoids f_c of h6 = 6 h.
-    Written with masks and arithmetic only (torch.where / remainder / argmax are several times slower on CPU).
+    Written with masks and arithmetic only (torch.where / remainder / argmax are several times slower on CPU),
+    into a few reused buffers: on the CPU fresh temporaries cost more in page faults than in arithmetic.
     """
-    r, g, b = img[0], img[1], img[2]
-    mx, mn = torch.amax(img, 0), torch.amin(img, 0)
+    r, g, b = img.unbind(-3)
+    mx, mn = torch.amax(img, -3), torch.amin(img, -3)
     chroma = mx - mn
     # the sector of the max channel, ties resolved r, then g, then b (as torchvision's _rgb2hsv)
-    is_r = (mx == r).float()
-    is_g = (mx == g).float().mul_(1 - is_r)
-    is_b = 1 - is_r - is_g
-    h6 = (g - b).mul_(is_r)
-    h6 += (b - r).add_(chroma, alpha=2).mul_(is_g)
-    h6 += (r - g).add_(chroma, alpha=4).mul_(is_b)
+    is_r = _eq_into(torch.empty_like(mx), mx, r)
+    is_g = _eq_into(torch.empty_like(mx), mx, g)
+    is_g.addcmul_(is_g, is_r, value=-1)  # g is the max and r is not
+    h6 = torch.sub(g, b).mul_(is_r)
+    tmp = torch.sub(b, r).add_(chroma, alpha=2).mul_(is_g)
+    h6 += tmp
+    is_r.add_(is_g).neg_().add_(1)  # now: b is the max
+    torch.sub(r, g, out=tmp).add_(chroma, alpha=4).mul_(is_r)
+    h6 += tmp
     # grey pixels (chroma 0) have a zero numerator, so any finite divisor leaves them grey
-    h6.div_(chroma.clamp_min(1e-12)).add_(6 * hue + 6)
-    h6 -= 6 * torch.floor(h6 / 6)
+    h6.div_(torch.clamp_min(chroma, 1e-12, out=tmp)).add_(6 * hue + 6)
+    _mod6_(h6, tmp)
+    dist = is_g
     for c, centre in enumerate((0.0, 2.0, 4.0)):
         # cyclic distance of h6 from the channel's centre; the trapezoid is 1 within 1 of it, 0 beyond 2
-        dist = h6 + (3 - centre)
-        dist -= 6 * torch.floor(dist / 6)
-        dist.sub_(3).abs_()
-        torch.addcmul(mn, chroma, (2 - dist).clamp_(0, 1), out=img[c])
+        _mod6_(torch.add(h6, 3 - centre, out=dist), tmp)
+        dist.sub_(3).abs_().neg_().add_(2).clamp_(0, 1)
+        torch.addcmul(mn, chroma, dist, out=img.select(-3, c))
     return img
