@@ -26,18 +26,52 @@ class ModelConfig:
 
 
 @dataclass
+class JitterConfig:
+    """torchvision-style ColorJitter strengths, applied with probability p (data.transforms.ColorJitterConfig)."""
+
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.1
+    p: float = 0.9
+
+
+@dataclass
+class AugConfig:
+    """The random parts of the official recipe (data.transforms.AugmentConfig); data.augment=false turns all off."""
+
+    scale_range: Optional[List[float]] = field(default_factory=lambda: [0.8, 1.2])  # crop size per axis (capped at 1); null: whole image
+    rescale_aug: bool = True  # extra resize margin triangular(0, 0, 0.3) x the target's long side
+    landscape_check: bool = False  # portrait crops may be rotated by 90 degrees into a landscape target
+    color_jitter: Optional[JitterConfig] = field(default_factory=JitterConfig)  # null: no colour jitter
+    # official meaning: ONE jitter is shared by all views of a sample when random() > cojitter_ratio, i.e. with
+    # probability 1 - cojitter_ratio (0.7); otherwise each view draws its own. 0: always shared, 1: never.
+    cojitter_ratio: float = 0.3
+    grayscale_p: float = 0.05
+
+
+@dataclass
 class DataConfig:
-    path: Optional[str] = None  # converted dataset root (vggt-train convert-co3d --out)
+    path: Optional[str] = None  # converted dataset root (vggt-train convert-co3d --out), or a raw Co3D dir (below)
+    # set to the Co3D annotation dir (*.jgz) to train straight from the raw Co3D layout at data.path (no conversion;
+    # the same samples, read more slowly: see docs/pipeline.md)
+    raw_annotation_dir: Optional[str] = None
+    raw_categories: str = "all"  # with raw_annotation_dir: all | train41 | a,b,c
     train_split: str = "train"
     val_split: Optional[str] = "test"
     img_size: int = 518
     patch_size: int = 14
     augment: bool = True
+    aug: AugConfig = field(default_factory=AugConfig)
     img_nums: List[int] = field(default_factory=lambda: [2, 24])
     max_img_per_gpu: int = 48
     aspect_range: List[float] = field(default_factory=lambda: [1.0, 1.0])
-    len_train: int = 100000
+    len_train: int = 100000  # samples per epoch: only counts epochs (the "epoch" of the training log)
     frame_sampling: str = "random"  # random | nearby
+    expand_ratio: float = 2.0  # nearby: frames within +-int(S x expand_ratio) of the anchor
+    # where the resize runs: worker (PIL in the DataLoader workers) | device (bit-identical, in the finishing stage
+    # on the training device) | auto (device when an accelerator is present)
+    resample_on: str = "auto"
     num_workers: int = 4
     prefetch_factor: int = 2
 
@@ -241,14 +275,40 @@ def validate(c: TrainConfig) -> None:
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")
     d = c.data
-    need(d.path is not None, "data.path is required: the dataset written by `vggt-train convert-co3d --out`")
+    need(d.path is not None, "data.path is required: the dataset written by `vggt-train convert-co3d --out` (or, with "
+                             "data.raw_annotation_dir, a raw Co3D dir)")
+    if d.raw_annotation_dir is not None:
+        need(Path(d.raw_annotation_dir).is_dir(), f"data.raw_annotation_dir={d.raw_annotation_dir!r}: directory not found")
+        need(Path(d.path).is_dir(), f"data.path={d.path!r}: the raw Co3D directory was not found")
+    need(d.patch_size > 0, f"data.patch_size={d.patch_size} must be > 0")
     need(d.img_size > 0 and d.img_size % d.patch_size == 0, f"data.img_size={d.img_size} must be a positive multiple of data.patch_size={d.patch_size}")
     need(len(d.img_nums) == 2 and 1 <= d.img_nums[0] <= d.img_nums[1], f"data.img_nums={d.img_nums} must be [min, max] with 1 <= min <= max")
     need(d.max_img_per_gpu >= d.img_nums[1], f"data.max_img_per_gpu={d.max_img_per_gpu} must be >= data.img_nums max {d.img_nums[1]} (at least one sample per GPU)")
     need(len(d.aspect_range) == 2 and 0 < d.aspect_range[0] <= d.aspect_range[1], f"data.aspect_range={d.aspect_range} must be [low, high] with 0 < low <= high")
+    # the image height is floor(img_size x aspect / patch) patches: the lowest aspect must leave at least one
+    min_aspect = d.patch_size / d.img_size
+    need(int(d.img_size * d.aspect_range[0]) // d.patch_size >= 1,
+         f"data.aspect_range={d.aspect_range}: low {d.aspect_range[0]} gives images less than one patch high at "
+         f"data.img_size={d.img_size} (need low >= {min_aspect:.4g} = data.patch_size / data.img_size)")
     need(d.frame_sampling in ("random", "nearby"), f"data.frame_sampling={d.frame_sampling!r}; choose random or nearby")
+    need(d.expand_ratio > 0, f"data.expand_ratio={d.expand_ratio} must be > 0")
+    need(d.resample_on in ("auto", "worker", "device"), f"data.resample_on={d.resample_on!r}; choose auto, worker or device")
     need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
+    need(d.prefetch_factor >= 1, f"data.prefetch_factor={d.prefetch_factor} must be >= 1")
     need(d.len_train > 0, f"data.len_train={d.len_train} must be > 0")
+    a = d.aug
+    if a.scale_range is not None:
+        need(len(a.scale_range) == 2 and 0 < a.scale_range[0] <= a.scale_range[1],
+             f"data.aug.scale_range={a.scale_range} must be [low, high] with 0 < low <= high (or null)")
+    need(0 <= a.cojitter_ratio <= 1, f"data.aug.cojitter_ratio={a.cojitter_ratio} must be in [0, 1]")
+    need(0 <= a.grayscale_p <= 1, f"data.aug.grayscale_p={a.grayscale_p} must be in [0, 1]")
+    if a.color_jitter is not None:
+        j = a.color_jitter
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(j, name)
+            need(0 <= value <= 1, f"data.aug.color_jitter.{name}={value} must be in [0, 1] (factors 1 +- it stay >= 0)")
+        need(0 <= j.hue <= 0.5, f"data.aug.color_jitter.hue={j.hue} must be in [0, 0.5]")
+        need(0 <= j.p <= 1, f"data.aug.color_jitter.p={j.p} must be in [0, 1]")
     o = c.optim
     need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")

@@ -1,13 +1,15 @@
 """The trainer's view of the data: one rank's micro-batch streams (training, validation) and their checkpoint state.
 
 Training draws step t's global batch from (seed, t) only and gives rank r its slice, so a run's batches do not
-depend on the number of processes and a resumed run continues the same stream from the saved step.
+depend on the number of processes and a resumed run continues the same stream from the saved step. The streams
+yield the workers' unfinished batches: the trainer calls `vggt_train.data.finish.finish_batch` once a batch is on
+its device.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from vggt_train.train.config import ConfigError, TrainConfig
 
@@ -15,36 +17,79 @@ from vggt_train.train.config import ConfigError, TrainConfig
 _VAL_SEED_OFFSET = 1_000_003
 
 
+def augment_config(cfg: TrainConfig):
+    """data.transforms.AugmentConfig from the typed data.aug section."""
+    from vggt_train.data.transforms import AugmentConfig, ColorJitterConfig
+
+    a = cfg.data.aug
+    jitter = None if a.color_jitter is None else ColorJitterConfig(**vars(a.color_jitter))
+    return AugmentConfig(scale_range=None if a.scale_range is None else (float(a.scale_range[0]), float(a.scale_range[1])),
+                         rescale_aug=a.rescale_aug, landscape_check=a.landscape_check, color_jitter=jitter,
+                         cojitter_ratio=a.cojitter_ratio, grayscale_p=a.grayscale_p)
+
+
+def resample_placement(cfg: TrainConfig) -> str:
+    """data.resample_on, with auto resolved: the device when an accelerator is present (there the resize costs next
+    to nothing), else the workers (PIL is faster than the same integer sums in torch on a CPU)."""
+    if cfg.data.resample_on != "auto":
+        return cfg.data.resample_on
+    from vggt_train.data.loader import accelerator_present
+
+    return "device" if accelerator_present() else "worker"
+
+
 class TrainData:
     """Datasets and step planners for a run; streams are built per rank once the accelerator is up."""
 
     def __init__(self, cfg: TrainConfig):
-        from vggt_train.data.dataset import MultiViewDataset
         from vggt_train.data.sampler import StepPlanner
 
         self.cfg = cfg
         d = cfg.data
+        self.resample = resample_placement(cfg)
         try:
-            self.train_set = MultiViewDataset(d.path, d.train_split, img_size=d.img_size, patch_size=d.patch_size, augment=d.augment)
+            self.train_set = self._dataset(d.train_split, d.augment)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"data.path={d.path!r} / data.train_split={d.train_split!r}: {exc}") from None
 
         def planner(dataset, seed: int) -> StepPlanner:
             return StepPlanner(dataset.index_info(), img_nums=d.img_nums, aspect_range=d.aspect_range, len_train=d.len_train,
-                               seed=seed, frame_sampling=d.frame_sampling, max_img_per_gpu=d.max_img_per_gpu)
+                               seed=seed, frame_sampling=d.frame_sampling, expand_ratio=d.expand_ratio,
+                               max_img_per_gpu=d.max_img_per_gpu)
 
         self.planner = planner(self.train_set, cfg.train.seed)
         self.val_set = self.val_planner = None
         if d.val_split and cfg.train.val_every:
             try:
-                self.val_set = MultiViewDataset(d.path, d.val_split, img_size=d.img_size, patch_size=d.patch_size, augment=False)
+                self.val_set = self._dataset(d.val_split, False)
                 self.val_planner = planner(self.val_set, cfg.train.seed + _VAL_SEED_OFFSET)
             except FileNotFoundError as exc:
                 warnings.warn(f"no validation: data.val_split={d.val_split!r} is not in {d.path} ({exc})", stacklevel=2)
 
+    def _dataset(self, split: str, augment: bool):
+        """The split's MultiViewDataset: converted shards at data.path, or the raw Co3D layout with raw_annotation_dir."""
+        from vggt_train.data.dataset import MultiViewDataset
+
+        d = self.cfg.data
+        kw = {"img_size": d.img_size, "patch_size": d.patch_size, "augment": augment, "aug": augment_config(self.cfg),
+              "resample": self.resample}
+        if d.raw_annotation_dir:
+            return MultiViewDataset.from_raw(d.path, d.raw_annotation_dir, split, categories=d.raw_categories, **kw)
+        return MultiViewDataset(d.path, split, **kw)
+
     def nominal_samples_per_rank(self) -> int:
         """Samples in a rank's micro-batch at the smallest image count (what DeepSpeed's config is told)."""
         return self.planner.samples_per_rank(self.cfg.data.img_nums[0])
+
+    @staticmethod
+    def replaced_samples(batch: Dict[str, Any]) -> int:
+        """Samples of a micro-batch with at least one replaced frame or sequence (unusable stored data)."""
+        return sum(1 for replaced in batch.get("replaced", ()) if replaced)
+
+    def epoch(self, samples_seen: int) -> float:
+        """Epochs done after `samples_seen` global samples (data.len_train samples make one, as the official dataset
+        length). Only reported: the schedule runs on steps."""
+        return self.planner.epoch(samples_seen)
 
     def train_stream(self, rank: int, world_size: int, start_step: int = 0) -> Iterator[Dict]:
         """Micro-batches of this rank from `start_step` on: grad_accum_steps items per optimiser step, in order."""

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, Optional
 import torch
 
 from vggt_train import kernels
+from vggt_train.data.finish import finish_batch
 from vggt_train.train import checkpointing
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
@@ -217,13 +218,14 @@ class Trainer:
         terms: Dict[str, float] = {}
         data_time = 0.0
         skipped = False
-        samples = images = 0
+        samples = images = replaced = 0
         start = time.perf_counter()
         accum = cfg.train.grad_accum_steps
         for micro in range(accum):
             t0 = time.perf_counter()
-            batch = _to_device(next(stream), acc.device)
+            batch = finish_batch(_to_device(next(stream), acc.device))  # the recipe's float part, on the device
             data_time += time.perf_counter() - t0
+            replaced += self.data.replaced_samples(batch)
             B, S = batch["images"].shape[:2]
             samples += B
             images += B * S
@@ -276,7 +278,8 @@ class Trainer:
         record = {"step": self.state.step + 1, "split": "train", "loss": terms.get("objective", float("nan")), **terms,
                   "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "data_time": data_time, "step_time": step_time,
                   "samples_per_s": global_samples / step_time, "images_per_s": images * acc.num_processes / step_time,
-                  "num_images": int(S), "samples": global_samples}
+                  "num_images": int(S), "samples": global_samples, "epoch": self.data.epoch(self.state.samples_seen),
+                  "replaced_samples": round(float(_all_mean(acc, torch.tensor([float(replaced)]))[0]) * acc.num_processes)}
         mfu = self._mfu(int(S), batch["images"].shape[-2:], images * acc.num_processes / step_time / acc.num_processes)
         if mfu is not None:
             record["mfu"] = mfu
@@ -325,7 +328,7 @@ class Trainer:
         sums: Dict[str, float] = {}
         n = 0
         for _, batch in zip(range(self.cfg.train.val_steps), stream):
-            batch = _to_device(batch, self.accelerator.device)
+            batch = finish_batch(_to_device(batch, self.accelerator.device))
             with _autocast(self.accelerator.device, self.cfg.train.mixed_precision):
                 preds = self.model(batch["images"])
             losses = self.loss_fn(preds, batch)
