@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline_data import portrait_frames, reference_batch, tiny_dataset
 from vggt_train.data.dataset import InMemorySource, MultiViewDataset
 from vggt_train.data.finish import finish_batch, is_finished
-from vggt_train.data.resample import ViewResample, pack, resample_views, vertical_first
+from vggt_train.data.resample import ViewResample, pack, resample_views, unpack, vertical_first
 from vggt_train.data.sampler import SampleSpec, StepPlanner
 from vggt_train.data.transforms import AugmentConfig, ColorJitterConfig, JitterDraw, apply_jitter_
 
@@ -130,7 +130,7 @@ def _device_resize(arr: np.ndarray, box, out_wh, filter_name: str) -> np.ndarray
     plan = ViewResample((W, H), box, out_wh, filter_name)
     r0, r1, c0, c1 = plan.window
     window = torch.from_numpy(np.ascontiguousarray(arr[r0:r1, c0:c1]))[None]
-    tables = pack([plan], (out_wh[1], out_wh[0]))
+    tables = unpack(pack([plan], (out_wh[1], out_wh[0])), (out_wh[1], out_wh[0]), out_wh[0])
     return resample_views(window, *tables, plan.vertical_first)[0].numpy()
 
 
@@ -161,6 +161,6 @@ def test_device_resize_of_views_of_different_windows_in_one_call():
     for i, (a, p) in enumerate(zip(srcs, plans)):
         r0, r1, c0, c1 = p.window
         windows[i, :r1 - r0, :c1 - c0] = torch.from_numpy(a[r0:r1, c0:c1].copy())
-    out = resample_views(windows, *pack(plans, (24, 30)), plans[0].vertical_first)
+    out = resample_views(windows, *unpack(pack(plans, (24, 30)), (24, 30), 30), plans[0].vertical_first)
     for i, (a, box) in enumerate(zip(srcs, boxes)):
         assert np.array_equal(out[i].numpy(), np.asarray(Image.fromarray(a).resize((30, 24), _LANCZOS, box=box)))

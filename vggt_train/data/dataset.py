@@ -277,9 +277,8 @@ class _Deferred:
         for i, win in enumerate(self.windows):
             if win is not None:
                 dst[i, :win.shape[0], :win.shape[1]] = win
-        first_x, weights_x, first_y, weights_y = pack(self.coeffs, (max(o[0] for o in self.out_hw), max(o[1] for o in self.out_hw)))
-        return {"pending_window": window, "pending_first_x": first_x, "pending_weights_x": weights_x,
-                "pending_first_y": first_y, "pending_weights_y": weights_y}
+        table = pack(self.coeffs, (max(o[0] for o in self.out_hw), max(o[1] for o in self.out_hw)))
+        return {"pending_window": window, "pending_resample": table}
 
 
 class _SequenceUnusable(Exception):

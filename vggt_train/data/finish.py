@@ -127,11 +127,10 @@ def unproject(depths: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.
 
 def _resample_on_device(batch: Dict[str, Any], pending: Pending) -> torch.Tensor:
     """[B * S, H, W, 3] uint8: PIL's resize of every view from its source window, then its rotation."""
-    from vggt_train.data.resample import resample_views
+    from vggt_train.data.resample import resample_views, unpack
 
-    window = batch["pending_window"]
-    first_x, weights_x = batch["pending_first_x"], batch["pending_weights_x"]
-    first_y, weights_y = batch["pending_first_y"], batch["pending_weights_y"]
+    window, table = batch["pending_window"], batch["pending_resample"]
+    width = max(o[1] for o in pending.out_hw)  # the horizontal part of the table (see resample.pack)
     N = window.shape[0]
     H, W = pending.hw
     out = torch.zeros((N, H, W, 3), dtype=torch.uint8, device=window.device)
@@ -145,7 +144,6 @@ def _resample_on_device(batch: Dict[str, Any], pending: Pending) -> torch.Tensor
             sel = slice(views[0], views[-1] + 1)
         else:
             sel = torch.tensor(views, device=window.device)
-        res = resample_views(window[sel], first_x[sel, :ow], weights_x[sel, :ow], first_y[sel, :oh], weights_y[sel, :oh],
-                             vertical_first)
+        res = resample_views(window[sel], *unpack(table[sel], (oh, ow), width), vertical_first)
         out[sel] = torch.rot90(res, k, dims=(1, 2)) if k else res
     return out

@@ -33,8 +33,7 @@ PRECISION_BITS = 22  # PIL's 32 - 8 - 2: 8 bits of result, 2 of headroom for the
 
 def _sinc(x: np.ndarray) -> np.ndarray:
     xp = x * math.pi
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(x == 0.0, 1.0, np.sin(xp) / xp)
+    return np.divide(np.sin(xp), xp, out=np.ones_like(xp), where=x != 0.0)
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
@@ -71,13 +70,14 @@ def axis_coefficients(in_size: int, in0: float, in1: float, out_size: int, filte
     xmax = np.minimum(np.trunc(centre + support + 0.5).astype(np.int64), in_size) - xmin
     taps = np.arange(ksize)
     inside = taps[None, :] < xmax[:, None]
-    w = np.where(inside, fn(((taps[None, :] + xmin[:, None]) - centre[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
-    total = np.zeros(out_size)
-    for t in range(ksize):  # sequential, as PIL sums (a pairwise sum could differ in the last bit)
-        total += w[:, t]
-    w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
-    fixed = np.trunc(w * float(1 << PRECISION_BITS) + np.where(w < 0, -0.5, 0.5)).astype(np.int32)
-    return xmin, xmax, fixed
+    w = fn(((taps[None, :] + xmin[:, None]) - centre[:, None] + 0.5) * (1.0 / filterscale))
+    w[~inside] = 0.0
+    # a running sum, left to right as PIL adds (np.sum's pairwise order could differ in the last bit)
+    total = np.add.accumulate(w, axis=1)[:, -1:]
+    np.divide(w, total, out=w, where=total != 0.0)
+    w *= float(1 << PRECISION_BITS)
+    w += np.where(w < 0, -0.5, 0.5)
+    return xmin, xmax, np.trunc(w, out=w).astype(np.int32)
 
 
 _VERTICAL_FIRST_RULE = None
@@ -147,12 +147,9 @@ def _pass(src: torch.Tensor, first: torch.Tensor, weights: torch.Tensor) -> torc
     N, L = src.shape[:2]
     acc = torch.full((N, first.shape[1]) + tuple(src.shape[2:]), 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=src.device)
     rows = torch.arange(N, device=src.device)[:, None]
-    for t in range(weights.shape[2]):
-        w = weights[:, :, t]
-        if not bool((w != 0).any()):
-            continue
+    for t in range(weights.shape[2]):  # no skipping of all-zero taps: the test would sync with the device
         taken = src[rows, (first + t).clamp_(max=L - 1)]  # [N, O, M, 3]
-        acc.add_(taken.to(torch.int32).mul_(w[:, :, None, None]))
+        acc.add_(taken.to(torch.int32).mul_(weights[:, :, t, None, None]))
     return torch.bitwise_right_shift(acc, PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
 
 
@@ -173,21 +170,25 @@ def resample_views(src: torch.Tensor, first_x: torch.Tensor, weights_x: torch.Te
     return _pass(mid.transpose(1, 2).contiguous(), first_y, weights_y)
 
 
-def pack(plans: List[Optional[ViewResample]], out_hw: Tuple[int, int]):
-    """The views' coefficient tables padded to common shapes, as tensors: (first_x [N, W], weights_x [N, W, Kx],
-    first_y [N, H], weights_y [N, H, Ky]). Outputs beyond a view's own size, and every output of a view without
-    a plan (nothing valid), get zero weights: they come out 0."""
+def pack(plans: List[Optional[ViewResample]], out_hw: Tuple[int, int]) -> torch.Tensor:
+    """The views' coefficient tables as one int32 tensor [N, W + H, 1 + K] (one tensor: each one a DataLoader worker
+    ships costs a shared-memory segment): rows [0, W) hold the horizontal pass, rows [W, W + H) the vertical one;
+    column 0 is the first source index, columns 1.. the weights. Outputs beyond a view's own size, and every output
+    of a view without a plan (nothing valid), get zero weights: they come out 0. `unpack` splits it again."""
     H, W = out_hw
-    N = len(plans)
-    kx = max([p.weights_x.shape[1] for p in plans if p is not None] or [1])
-    ky = max([p.weights_y.shape[1] for p in plans if p is not None] or [1])
-    first_x, first_y = np.zeros((N, W), np.int32), np.zeros((N, H), np.int32)
-    weights_x, weights_y = np.zeros((N, W, kx), np.int32), np.zeros((N, H, ky), np.int32)
+    k = max([max(p.weights_x.shape[1], p.weights_y.shape[1]) for p in plans if p is not None] or [1])
+    table = np.zeros((len(plans), W + H, 1 + k), np.int32)
     for i, p in enumerate(plans):
         if p is None:
             continue
-        ow, k = p.weights_x.shape
-        first_x[i, :ow], weights_x[i, :ow, :k] = p.first_x, p.weights_x
-        oh, k = p.weights_y.shape
-        first_y[i, :oh], weights_y[i, :oh, :k] = p.first_y, p.weights_y
-    return tuple(torch.from_numpy(a) for a in (first_x, weights_x, first_y, weights_y))
+        (ow, kx), (oh, ky) = p.weights_x.shape, p.weights_y.shape
+        table[i, :ow, 0], table[i, :ow, 1:1 + kx] = p.first_x, p.weights_x
+        table[i, W:W + oh, 0], table[i, W:W + oh, 1:1 + ky] = p.first_y, p.weights_y
+    return torch.from_numpy(table)
+
+
+def unpack(table: torch.Tensor, out_hw: Tuple[int, int], width: int):
+    """(first_x [N, w], weights_x [N, w, K], first_y [N, h], weights_y [N, h, K]) for outputs of size out_hw = (h, w)
+    from a `pack` table whose horizontal part has `width` rows."""
+    h, w = out_hw
+    return table[:, :w, 0], table[:, :w, 1:], table[:, width:width + h, 0], table[:, width:width + h, 1:]
