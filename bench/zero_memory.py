@@ -180,14 +180,15 @@ def _launch(strategy: str, overrides: list, steps: int, tmp: Path, bucket_elemen
     return json.loads(result.read_text())
 
 
-def _param_counts(preset: str, frozen_aggregator: bool, track_head: bool) -> tuple:
+def _param_counts(preset: str, frozen_aggregator: bool) -> tuple:
+    """(trainable, frozen) parameters of the preset as the recipe trains it: camera + depth heads, no point or
+    track head."""
     import torch
 
     from vggt_train.model import VGGT, preset_config
 
     config = preset_config(preset)
-    if not track_head:
-        config.track_head = None
+    config.point_head = config.track_head = None
     with torch.device("meta"):
         model = VGGT(config)
     total = sum(p.numel() for p in model.parameters())
@@ -222,7 +223,7 @@ def main() -> None:
                  "data.max_img_per_gpu=2", "data.augment=false", "data.num_workers=0", "train.mixed_precision=no",
                  "train.max_steps=1000", "train.progress=false", "train.ckpt_every=0", "train.val_every=0",
                  "model.gradient_checkpointing=false"]
-    trainable, frozen = _param_counts("small", frozen_aggregator=False, track_head=False)
+    trainable, frozen = _param_counts("small", frozen_aggregator=False)
 
     rows = []
     for strategy in args.strategies.split(","):
@@ -239,7 +240,7 @@ def main() -> None:
                          "step_peak_gib": [(r["step_peak"] - r["rss_before_model"]) / GIB if r["step_peak"] else float("nan") for r in ranks]})
             print(f"  measured {strategy} (buckets: {bucket or 'shipped'})", file=sys.stderr)
 
-    print(f"small preset without track head: {trainable / 1e6:.1f} M trainable parameters, 2 CPU ranks, fp32, "
+    print(f"small preset, camera + depth heads: {trainable / 1e6:.1f} M trainable parameters, 2 CPU ranks, fp32, "
           f"1 sample x 2 images x {args.size} px per rank, {args.steps} steps; GiB per rank (rank 0/rank 1)")
     print(f"  {'strategy':9s} {'buckets':>8s} {'analytic states':>15s} {'analytic after step':>19s} {'live after step':>15s} "
           f"{'set-up peak':>11s} {'step peak':>11s}")
@@ -253,7 +254,7 @@ def main() -> None:
     header = "  " + f"{'workload':34s} {'precision':9s} {'cards':>5s} " + " ".join(f"{s:>7s}" for s in ("ddp", "zero1", "zero2", "zero3"))
     print(header)
     for label, frozen_agg in (("full training (aggregator trained)", False), ("fine-tune recipe (aggregator frozen)", True)):
-        t, f = _param_counts("vggt_1b", frozen_aggregator=frozen_agg, track_head=False)
+        t, f = _param_counts("vggt_1b", frozen_aggregator=frozen_agg)
         for precision in ("fp32", "bf16"):
             for cards in (8, 64):
                 values = {s: model_state_bytes(t, f, s, cards, precision).total / GIB for s in ("ddp", "zero1", "zero2", "zero3")}

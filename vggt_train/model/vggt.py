@@ -23,6 +23,27 @@ def _autocast_off(device_type: str):
         return contextlib.nullcontext()
 
 
+HEADS = ("camera_head", "depth_head", "point_head", "track_head")
+
+
+def build_head(config: VGGTConfig, name: str) -> Optional[nn.Module]:
+    """One head of a VGGT with this config, freshly initialised (None when the config disables it)."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; choose from {HEADS}")
+    head = getattr(config, name)
+    if head is None:
+        return None
+    agg = config.aggregator
+    dim = 2 * agg.embed_dim  # heads read frame and global tokens concatenated
+    if name == "camera_head":
+        return CameraHead(dim, head)
+    if name == "track_head":
+        return TrackHead(dim, agg.patch_size, head)
+    output_dim, activation = (4, "inv_log") if name == "point_head" else (2, "exp")
+    return DPTHead(dim, agg.patch_size, output_dim=output_dim, activation=activation, conf_activation="expp1",
+                   features=head.features, out_channels=head.out_channels, intermediate_layer_idx=head.intermediate_layer_idx)
+
+
 class VGGT(nn.Module):
     """Visual Geometry Grounded Transformer.
 
@@ -37,22 +58,11 @@ class VGGT(nn.Module):
         self.config = config or VGGTConfig()
         self.config.validate()
         agg = self.config.aggregator
-        dim = 2 * agg.embed_dim  # heads read frame and global tokens concatenated
         self.patch_size = agg.patch_size
         self.aggregator = Aggregator(agg, self.config.resolved_patch_embed_vit())
-        c = self.config
-        self.camera_head = CameraHead(dim, c.camera_head) if c.camera_head else None
-        self.point_head = (
-            DPTHead(dim, agg.patch_size, output_dim=4, activation="inv_log", conf_activation="expp1", features=c.point_head.features,
-                    out_channels=c.point_head.out_channels, intermediate_layer_idx=c.point_head.intermediate_layer_idx)
-            if c.point_head else None
-        )
-        self.depth_head = (
-            DPTHead(dim, agg.patch_size, output_dim=2, activation="exp", conf_activation="expp1", features=c.depth_head.features,
-                    out_channels=c.depth_head.out_channels, intermediate_layer_idx=c.depth_head.intermediate_layer_idx)
-            if c.depth_head else None
-        )
-        self.track_head = TrackHead(dim, agg.patch_size, c.track_head) if c.track_head else None
+        # registration order = the official state-dict order
+        for name in ("camera_head", "point_head", "depth_head", "track_head"):
+            setattr(self, name, build_head(self.config, name))
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod

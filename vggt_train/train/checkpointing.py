@@ -44,14 +44,37 @@ def temporary_dir(output_dir, step: int) -> Path:
     return checkpoint_root(output_dir) / f".tmp-step_{step:08d}"
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the files themselves were synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
+
+
 def finalize(tmp: Path, final: Path, trainer_state: dict) -> Path:
-    """Write the trainer state into `tmp`, then rename it to `final` (rank 0 only, after all ranks saved)."""
+    """Write the trainer state into `tmp`, then rename it to `final` (rank 0 only, after all ranks saved).
+
+    Everything is flushed to disk before the rename: after a power loss or node crash a checkpoint that looks
+    complete (has trainer_state.json) holds all its bytes.
+    """
     state_tmp = tmp / (STATE_FILE + ".tmp")
     state_tmp.write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
     os.replace(state_tmp, tmp / STATE_FILE)
+    _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step (e.g. after a resume): the new one wins
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(final.parent)
     return final
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        raise CLIError(f"bad config: {exc}") from None
+        _fail(CLIError(f"bad config: {exc}"))
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
@@ -33,10 +34,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         Trainer(cfg).fit()
     except (TrainingError, ConfigError) as exc:
-        raise CLIError(str(exc)) from None
+        _fail(CLIError(str(exc)))
     finally:
         _shutdown_distributed()
     return 0
+
+
+def _fail(error: Exception) -> None:
+    """Every rank stops with exit code 2, but only rank 0 prints: one line, not one per process."""
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        raise error from None
+    raise SystemExit(2)
 
 
 def _shutdown_distributed() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, get_args, get_origin, get_type_hints
@@ -21,7 +22,8 @@ class ModelConfig:
     checkpoint: Optional[str] = None  # official .pt/.pth/.safetensors to start from
     strict_load: bool = True
     frozen: List[str] = field(default_factory=list)  # module-name globs, e.g. ["aggregator*"]
-    disable_heads: List[str] = field(default_factory=lambda: ["track_head"])
+    # heads not built at all; the official fine-tuning trains camera + depth only
+    disable_heads: List[str] = field(default_factory=lambda: ["point_head", "track_head"])
     gradient_checkpointing: bool = True
 
 
@@ -85,8 +87,11 @@ class OptimConfig:
     warmup_ratio: float = 0.05
     start_lr: float = 1e-8
     end_lr: float = 1e-8
-    # gradient clipping: max-norm per module group (DeepSpeed clips globally at the smallest of these)
+    # gradient clipping: max-norm per top-level module group, as the official recipe does (per_group), or the
+    # norm of all gradients together at the smallest of them (global). DeepSpeed can only clip globally, so
+    # under DeepSpeed per_group runs as global (with a warning when that changes anything)
     clip_groups: Dict[str, float] = field(default_factory=lambda: {"aggregator": 1.0, "depth_head": 1.0, "camera_head": 1.0})
+    clip_mode: str = "per_group"  # per_group | global
 
 
 @dataclass
@@ -102,7 +107,7 @@ class TrainLoopConfig:
     max_steps: int = 1000
     seed: int = 42
     grad_accum_steps: int = 1
-    mixed_precision: str = "bf16"  # bf16 | fp16 | no
+    mixed_precision: str = "bf16"  # bf16 | no (autocast; weights and optimizer state stay float32)
     log_every: int = 10
     val_every: int = 0  # 0: no validation
     val_steps: int = 10
@@ -236,6 +241,11 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return base
 
 
+def _yaml_error_where(path: Path, exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
     """TrainConfig from a YAML file (optional) plus `key.sub=value` overrides, validated."""
     data: dict = {}
@@ -246,7 +256,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{_yaml_error_where(p, exc)}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
     # YAML and overrides refine the defaults: a mapping-valued field (loss terms, kernels) keeps the keys
@@ -315,10 +325,13 @@ def validate(c: TrainConfig) -> None:
     need(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must be two numbers in [0, 1)")
     need(all(v > 0 for v in o.clip_groups.values()), f"optim.clip_groups={o.clip_groups}: max norms must be > 0")
+    need(o.clip_mode in ("per_group", "global"), f"optim.clip_mode={o.clip_mode!r}; choose per_group or global")
     t = c.train
     need(t.max_steps > 0, f"train.max_steps={t.max_steps} must be > 0")
     need(t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
-    need(t.mixed_precision in ("bf16", "fp16", "no"), f"train.mixed_precision={t.mixed_precision!r}; choose bf16, fp16 or no")
+    need(t.mixed_precision != "fp16", "train.mixed_precision=fp16 is not supported: float16 gradients underflow without "
+                                      "loss scaling, which this trainer does not do; use bf16 (Ascend 910B, A100/H100) or no")
+    need(t.mixed_precision in ("bf16", "no"), f"train.mixed_precision={t.mixed_precision!r}; choose bf16 or no")
     need(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
     need(t.ckpt_every >= 0 and t.keep_last >= 1, "train.ckpt_every must be >= 0 and train.keep_last >= 1")
     need(t.max_nonfinite_in_row >= 1, f"train.max_nonfinite_in_row={t.max_nonfinite_in_row} must be >= 1")
@@ -329,6 +342,18 @@ def validate(c: TrainConfig) -> None:
     head_of = {"camera": "camera_head", "depth": "depth_head", "point": "point_head", "track": "track_head"}
     for name in enabled:
         need(head_of[name] not in c.model.disable_heads, f"loss.{name} is enabled but model.disable_heads contains {head_of[name]}")
+    for name, head in head_of.items():
+        if name in enabled or head in c.model.disable_heads or any(fnmatch.fnmatchcase(f"{head}.x", g) for g in c.model.frozen):
+            continue
+        # its outputs would be computed for nothing and its parameters get no gradient, which DDP rejects
+        need(False, f"model builds {head} but loss.{name} is off: add {head} to model.disable_heads (or enable "
+                    f"loss.{name}, or freeze it with model.frozen)")
+    from vggt_train.losses import MultitaskLoss
+
+    try:
+        MultitaskLoss(**vars(c.loss))  # unknown options and bad weights fail here, not after the model is built
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"loss: {exc}") from None
 
 
 def to_dict(c: TrainConfig) -> dict:

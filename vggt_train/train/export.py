@@ -20,7 +20,8 @@ from vggt_train.train import checkpointing
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint directory, or a run's output_dir (newest complete checkpoint)")
     parser.add_argument("out", help="output file: .pt, .pth or .safetensors")
-    parser.add_argument("--no-fill", action="store_true", help="do not fill disabled heads from the run's starting checkpoint")
+    parser.add_argument("--no-fill", action="store_true", help="leave out the heads the run was built without (default: taken from the run's starting "
+                        "checkpoint, else their untrained initialisation, so the official code loads the file strictly)")
 
 
 def _resolve(path: Path) -> Path:
@@ -57,6 +58,7 @@ def consolidated_state_dict(ckpt: Path) -> Dict[str, torch.Tensor]:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: bool = True) -> Path:
     """Consolidate `checkpoint` and write an official checkpoint to `out`; returns the written path."""
     from vggt_train.model import VGGT, export_official, preset_config, read_state_dict
+    from vggt_train.model.vggt import build_head
     from vggt_train.model.checkpoint import compare_state_dict
 
     ckpt = _resolve(Path(checkpoint))
@@ -65,9 +67,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: boo
     state = consolidated_state_dict(ckpt)
     config = preset_config(model_cfg["preset"])
     start = model_cfg.get("checkpoint")
-    if fill_missing and start and Path(start).is_file():
-        for key, value in read_state_dict(start).items():
-            state.setdefault(key, value)
+    if fill_missing:
+        if start and Path(start).is_file():
+            for key, value in read_state_dict(start).items():
+                state.setdefault(key, value)
+        # a head no starting checkpoint had: the official code still needs every key to load strictly, so the
+        # heads the run was built without get their (seeded) initialisation, untrained
+        for head in model_cfg.get("disable_heads", []):
+            if any(k.startswith(f"{head}.") for k in state):
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                module = build_head(config, head)
+            if module is not None:
+                print(f"note: {head} was not part of this run and no starting checkpoint has it: "
+                      f"written with its initial (untrained) weights so the file loads strictly (--no-fill leaves it out)")
+                state.update({f"{head}.{k}": v for k, v in module.state_dict().items()})
     else:
         for head in model_cfg.get("disable_heads", []):
             setattr(config, head, None)

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional
 
@@ -22,11 +23,13 @@ from vggt_train.data.finish import finish_batch
 from vggt_train.train import checkpointing
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
-from vggt_train.train.optim import build_optimizer, clip_by_group, freeze_modules, lr_at, set_lr
+from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, set_lr, trainable_clip_groups
 
 
-# Test hooks (never set them otherwise): simulate a crash after a step, or a NaN loss on rank 0 at given steps.
+# Test hooks (never set them otherwise): simulate a crash after a step, a NaN loss on rank 0 at given steps, or
+# weights turned non-finite after a step (what a checkpoint must then refuse to save).
 _CRASH_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CRASH_AFTER_STEP")
+_CORRUPT_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CORRUPT_WEIGHTS_AFTER_STEP")
 _NAN_AT_STEPS = {int(s) for s in os.environ.get("VGGT_TRAIN_TEST_NAN_AT_STEPS", "").split(",") if s.strip()}
 
 
@@ -55,7 +58,7 @@ def _process_group_backend() -> Optional[str]:
 def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
     """An Accelerator whose DeepSpeed config (when launched with one) is filled from our config."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     handlers = []
     if "RANK" in os.environ or "LOCAL_RANK" in os.environ:  # started by a launcher: a process group is wanted
@@ -68,12 +71,21 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
         plugin_kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed)
     accelerator = Accelerator(
         **plugin_kwargs,
+        # without an accelerator, accelerate sets up multi-process DDP (gloo) only when told it runs on the CPU;
+        # under DeepSpeed that flag would replace DeepSpeed by DDP
+        cpu=_process_group_backend() == "gloo" and not plugin_kwargs and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         mixed_precision="no",  # we autocast ourselves so the heads can stay in float32 with fp32 master weights
         log_with="tensorboard",
         project_dir=cfg.output_dir,
         kwargs_handlers=handlers,
     )
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.distributed_type == DistributedType.NO:
+        raise TrainingError(f"started as one of WORLD_SIZE={world} processes, but accelerate set up no distributed "
+                            f"training (distributed_type={accelerator.distributed_type}): each process would train its "
+                            f"own copy. Launch with accelerate launch and a config from accelerate_configs/, or torchrun "
+                            f"on a machine with GPUs/NPUs")
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         ds = plugin.deepspeed_config
@@ -128,8 +140,15 @@ def _any_rank(accelerator, flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def _local_weights(model) -> Iterator[torch.Tensor]:
+    """The weight values this rank holds: under ZeRO-3 a parameter is an empty placeholder and its values are
+    this rank's partition (`ds_tensor`)."""
+    for p in model.parameters():
+        yield getattr(p, "ds_tensor", None) if getattr(p, "ds_tensor", None) is not None else p
+
+
 def _params_finite(model) -> bool:
-    return all(torch.isfinite(p).all() for p in model.parameters())
+    return all(bool(torch.isfinite(w).all()) for w in _local_weights(model))
 
 
 # -- the loop -------------------------------------------------------------------------------------------------
@@ -155,8 +174,13 @@ class Trainer:
         # not pick one that keeps gradient buffers (DeepSpeed rebinds its partitions' .grad every step)
         optimizer = build_optimizer(self.model, cfg.optim, device=acc.device,
                                     sharded=getattr(acc.state, "deepspeed_plugin", None) is not None)
-        self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.deepspeed = getattr(acc.state, "deepspeed_plugin", None) is not None
+        groups = trainable_clip_groups(self.model, cfg.optim)
+        if self.deepspeed and cfg.optim.clip_mode == "per_group" and len(groups) > 1 and acc.is_main_process:
+            warnings.warn(f"DeepSpeed clips the norm of all gradients together, at {min(cfg.optim.clip_groups.values())}; "
+                          f"the per-group clipping of optim.clip_groups ({', '.join(groups)}) runs only without DeepSpeed "
+                          f"(optim.clip_mode=global says you accept this)", stacklevel=2)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.state = TrainerState()
         self.log = MetricsLog(cfg.output_dir, enabled=acc.is_main_process)
         if acc.is_main_process:
@@ -173,8 +197,13 @@ class Trainer:
         if path is None:
             acc.print(f"[train] resume=auto: no complete checkpoint under {checkpointing.checkpoint_root(cfg.output_dir)}; starting fresh")
             return
-        acc.load_state(str(path))
         saved = checkpointing.read_trainer_state(path)
+        if self.deepspeed and saved.get("world_size", acc.num_processes) != acc.num_processes:
+            raise TrainingError(f"{path} was written by {saved['world_size']} processes and this run has "
+                                f"{acc.num_processes}: DeepSpeed's sharded optimizer state cannot be re-split. Keep the "
+                                f"process count, or start a new run from the weights: vggt-train export {path} "
+                                f"model.safetensors, then model.checkpoint=model.safetensors (the optimizer restarts)")
+        acc.load_state(str(path))
         self.state = TrainerState(**{k: saved[k] for k in ("step", "skipped_steps", "nonfinite_in_row", "samples_seen")})
         self.data.load_state_dict(saved.get("data", {}))
         self.log.truncate_after(self.state.step)
@@ -203,12 +232,6 @@ class Trainer:
         with _autocast(self.accelerator.device, self.cfg.train.mixed_precision):
             preds = self.model(batch["images"], query_points=batch.get("query_points"))
         return self.loss_fn(preds, batch)
-
-    def _poison(self) -> torch.Tensor:
-        """A loss whose gradient is NaN: makes DeepSpeed's overflow check skip the step on every rank and clear
-        the gradients accumulated so far, which is how a non-finite micro-batch skips the whole step."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return sum(p.reshape(-1)[0] for p in trainable) * float("nan")
 
     def train_step(self, stream: Iterator[Dict]) -> Dict[str, float]:
         acc, cfg = self.accelerator, self.cfg
@@ -239,7 +262,9 @@ class Trainer:
                 if _any_rank(acc, not bool(torch.isfinite(objective))):
                     skipped = True
                 if self.deepspeed:
-                    acc.backward(self._poison() if skipped else objective)
+                    # a NaN gradient makes DeepSpeed's overflow check drop the step on every rank together with
+                    # the gradients accumulated so far: how a non-finite micro-batch skips the whole step
+                    acc.backward(objective * float("nan") if skipped else objective)
                 elif not skipped:
                     acc.backward(objective)
             names = sorted(losses)
@@ -258,7 +283,7 @@ class Trainer:
                                     "overflowing fp32 steps); use deepspeed >= 0.14")
         else:
             if not skipped:
-                norms = clip_by_group(acc.unwrap_model(self.model), cfg.optim.clip_groups)
+                norms = clip_gradients(acc.unwrap_model(self.model), cfg.optim)
                 grad_norm = norms["total"]
                 skipped = _any_rank(acc, not math.isfinite(grad_norm))
             if not skipped:
@@ -378,6 +403,9 @@ class Trainer:
                     if val is not None:
                         self.log.write(val)
                         acc.log({f"val/{k}": v for k, v in val.items() if isinstance(v, (int, float)) and k != "step"}, step=val["step"])
+                if _CORRUPT_AFTER_STEP and self.state.step == int(_CORRUPT_AFTER_STEP):
+                    with torch.no_grad():
+                        next(iter(acc.unwrap_model(self.model).camera_head.parameters())).fill_(float("nan"))
                 if cfg.train.ckpt_every and (self.state.step % cfg.train.ckpt_every == 0 or self.state.step == cfg.train.max_steps):
                     self.save_checkpoint()
                 if _CRASH_AFTER_STEP and self.state.step == int(_CRASH_AFTER_STEP):

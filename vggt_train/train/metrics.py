@@ -37,6 +37,10 @@ def device_peak_tflops(device: torch.device) -> Optional[float]:
     return None
 
 
+def _json_value(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 class MetricsLog:
     """Appends one JSON object per line to <output_dir>/metrics.jsonl (rank 0), flushed every write."""
 
@@ -47,18 +51,27 @@ class MetricsLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: Dict) -> None:
+        """Append one record; NaN/inf become null so every line is strict JSON (jq, pandas, other languages)."""
         if not self.enabled:
             return
-        clean = {k: (float(v) if isinstance(v, (torch.Tensor,)) else v) for k, v in record.items()}
+        clean = {k: _json_value(float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
         with self.path.open("a") as f:
-            f.write(json.dumps(clean, allow_nan=True) + "\n")
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
             f.flush()
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run rewrites them, so the log has no duplicates)."""
+        """Drop records past `step` (a resumed run rewrites them, so the log has no duplicates), and a last line
+        cut short by a crash."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)

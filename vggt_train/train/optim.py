@@ -93,3 +93,21 @@ def clip_by_group(model: nn.Module, max_norms: Dict[str, float]) -> Dict[str, fl
         if params:
             norms[group] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     return norms
+
+
+def clip_gradients(model: nn.Module, cfg: OptimConfig) -> Dict[str, float]:
+    """Clip as `optim.clip_mode` says: each group to its own max norm (per_group, the official recipe), or all
+    gradients together to the smallest of them (global, what DeepSpeed does). Returns the pre-clip norms
+    (see clip_by_group); "total" is non-finite when any gradient is."""
+    if cfg.clip_mode == "per_group":
+        return clip_by_group(model, cfg.clip_groups)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not cfg.clip_groups or not params:
+        return clip_by_group(model, {})
+    total = torch.nn.utils.clip_grad_norm_(params, min(cfg.clip_groups.values()))
+    return {"total": float(total)}
+
+
+def trainable_clip_groups(model: nn.Module, cfg: OptimConfig) -> List[str]:
+    """The clip groups that hold trainable parameters (with a frozen aggregator: the heads)."""
+    return sorted({n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} & set(cfg.clip_groups))

@@ -29,7 +29,7 @@ def read_metrics(path: Path) -> list[dict]:
 def summarize(records: list[dict]) -> dict:
     """First/last training loss (mean of the first/last 10 logged steps), throughput, validation, skips."""
     train = [r for r in records if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
-    val = [r for r in records if r.get("split") == "val"]
+    val = [r for r in records if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
     if not train:
         return {}
     head, tail = train[:10], train[-10:]
@@ -39,7 +39,7 @@ def summarize(records: list[dict]) -> dict:
         "last_loss": statistics.fmean(r["loss"] for r in tail),
         "samples_per_s": statistics.median(r["samples_per_s"] for r in train if "samples_per_s" in r),
         "images_per_s": statistics.median(r["images_per_s"] for r in train if "images_per_s" in r),
-        "skipped_steps": sum(1 for r in train if r.get("skipped")),
+        "skipped_steps": sum(1 for r in records if r.get("split") == "train" and r.get("skipped")),
     }
     if val:
         out["first_val_loss"], out["last_val_loss"] = val[0]["loss"], val[-1]["loss"]
@@ -52,8 +52,11 @@ def plot(records: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in records if r.get("split") == "train"]
-    val = [r for r in records if r.get("split") == "val"]
+    def numeric(r):  # a skipped (non-finite) step is logged with loss null
+        return isinstance(r.get("loss"), (int, float))
+
+    train = [r for r in records if r.get("split") == "train" and numeric(r)]
+    val = [r for r in records if r.get("split") == "val" and numeric(r)]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.5, label="train loss")
     if len(train) >= 10:
