@@ -51,8 +51,12 @@ case "$cmd" in
   demo)
     setup
     out="runs/demo"
+    for arg in "$@"; do  # an output_dir= override moves every step of the demo, not only the training
+      case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac
+    done
     log "demo 1/5: a synthetic Co3D (2 categories x 5 sequences x 24 frames) in $out/data/raw"
-    rm -rf "$out"
+    # only what an earlier demo wrote: output_dir= may name a directory that holds other things
+    rm -rf "$out/data" "$out/checkpoints" "$out/tensorboard" "$out/metrics.jsonl" "$out/loss.png" "$out/model.safetensors"
     "$PYTHON" -m vggt_train make-synthetic-co3d --out "$out/data/raw" --categories tv,apple --sequences 4 \
       --test-sequences 1 --frames 24 --size 84x112 --seed 0
     log "demo 2/5: convert it to Arrow shards in $out/data/shards"
@@ -60,7 +64,7 @@ case "$cmd" in
       --out "$out/data/shards" --workers 1
     log "demo 3/5: train the tiny VGGT with accelerate + DeepSpeed ZeRO-2 on 2 CPU processes (configs/demo_cpu.yaml)"
     OMP_NUM_THREADS=1 "$PYTHON" -m accelerate.commands.launch --config_file accelerate_configs/cpu_2p.yaml \
-      -m vggt_train.train --config configs/demo_cpu.yaml "$@"
+      -m vggt_train.train --config configs/demo_cpu.yaml "data.path=$out/data/shards" "$@"
     log "demo 4/5: export the last checkpoint to an official-format checkpoint"
     "$PYTHON" -m vggt_train export "$out" "$out/model.safetensors"
     log "demo 5/5: loss plot and summary"
@@ -89,7 +93,7 @@ case "$cmd" in
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    echo "unknown command '$cmd'; use: ./launch.sh demo | ./launch.sh test" >&2
+    echo "unknown command '$cmd'; use: ./launch.sh demo | test | multinode --hostfile F ... (./launch.sh help)" >&2
     exit 2
     ;;
 esac
