@@ -79,7 +79,7 @@ def finish_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
     if pending.normalize:
         # extrinsics are already relative to camera 0 (the worker did that rigid part in float64); what is left
         # is the scale: the mean distance of the valid world points of each sample
-        dist.mul_(masks)
+        dist.masked_fill_(~masks, 0.0)
         count = masks.sum(dim=(1, 2, 3)).to(torch.float32)
         scale = (dist.sum(dim=(1, 2, 3)) / (count + _COUNT_EPS)).clamp_(_SCALE_MIN, _SCALE_MAX)
         depths.div_(scale.view(B, 1, 1, 1))
@@ -114,14 +114,17 @@ def unproject(depths: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.
     rot_t = extrinsics[..., :3].transpose(-1, -2)  # [B, S, 3, 3]
     centre = -(rot_t @ extrinsics[..., 3:])[..., 0]  # [B, S, 3]
     world = torch.empty_like(cam)
-    squares = None
+    # one planar buffer for the three channels and one for the squared norm: on the CPU a fresh temporary costs
+    # more in page faults than the arithmetic on it
+    ray = torch.empty_like(depths)
+    squares = torch.zeros_like(depths) if with_norm else None
     for k in range(3):
         row = ys * rot_t[..., k, 1, None] + rot_t[..., k, 2, None]  # [B, S, H]
         col = xs * rot_t[..., k, 0, None]  # [B, S, W]
-        ray = (row[..., :, None] + col[..., None, :]).mul_(depths).add_(centre[..., k, None, None])
+        torch.add(row[..., :, None], col[..., None, :], out=ray).mul_(depths).add_(centre[..., k, None, None])
         world[..., k] = ray
         if with_norm:  # planar here: far cheaper than a norm over the interleaved last dim
-            squares = ray * ray if squares is None else squares.addcmul_(ray, ray)
+            squares.addcmul_(ray, ray)
     return cam, world, (squares.sqrt_() if with_norm else None)
 
 
