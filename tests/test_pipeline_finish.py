@@ -72,6 +72,22 @@ def test_the_deferred_resize_gives_the_workers_images_bit_for_bit(data):
         assert torch.equal(finish_batch(a)["images"], finish_batch(b)["images"])
 
 
+def test_finishing_leaves_the_workers_batch_untouched():
+    """A float32 depth source keeps float32 through the worker; finishing the same batch twice (a benchmark that
+    repeats one batch) must give the same numbers, so the finishing stage never scales the shipped tensors."""
+    rng = np.random.default_rng(0)
+    K = np.array([[40.0, 0, 31.5], [0, 40, 23.5], [0, 0, 1]])
+    E = np.concatenate([np.eye(3), [[0.1], [0.0], [0.0]]], 1)
+    frames = [{"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "depth": rng.uniform(1, 3, (48, 64)).astype(np.float32),
+               "extrinsic": E, "intrinsic": K} for _ in range(3)]
+    ds = MultiViewDataset.from_source(InMemorySource({"s": frames}), img_size=28)
+    raw = ds.load_batch([SampleSpec("s", (0, 1, 2), 3)], 1.0, normalize=True, finish=False)
+    assert raw["pending_depths"].dtype == torch.float32
+    a, b = finish_batch(raw), finish_batch(raw)
+    for k in ("images", "depths", "world_points", "extrinsics"):
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_workers_ship_far_fewer_bytes(data):
     ds = MultiViewDataset(data["root"], "train", img_size=56)
     specs, aspect = _specs(ds, 0, 4, (1.0, 1.0))

@@ -72,7 +72,7 @@ def finish_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
     images = torch.empty((B, S, 3, H, W), dtype=torch.float32, device=stored_depths.device)
     images.copy_(u8.permute(0, 1, 4, 2, 3)).div_(255.0)
     apply_jitter_(images.view(B * S, 3, H, W), pending.jitter)
-    depths = stored_depths.to(torch.float32)
+    depths = stored_depths.to(torch.float32, copy=True)  # scaled in place below: never the worker's tensor
     masks = depths > 0
     extrinsics = out["extrinsics"].float()
     cam, world, dist = unproject(depths, out["intrinsics"].float(), extrinsics, with_norm=pending.normalize)
