@@ -121,3 +121,26 @@ def test_training_log_counts_replaced_samples_and_epochs(data, tmp_path):
     assert all(0 <= r["replaced_samples"] <= r["samples"] for r in train)
     assert sum(r["replaced_samples"] for r in train) >= 6  # 12 samples, each 3/4 likely to hit a broken sequence
     assert [r["epoch"] for r in train] == [0.25, 0.5, 0.75]  # 4 samples a step, len_train 16
+
+
+def test_data_categories_keep_training_and_validation_to_those_categories(data):
+    import pickle
+
+    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.train.data import TrainData
+
+    everything = MultiViewDataset(data["root"], "train", img_size=28)
+    categories = sorted({everything.source.category(s) for s in everything.sequences})
+    assert len(categories) == 2
+    wanted = categories[1]
+    cfg = load_config(None, [f"data.path={data['root']}", f"data.categories=[{wanted}]", "data.img_size=28", "data.img_nums=[2,2]",
+                             "data.max_img_per_gpu=2", "train.val_every=1"])
+    td = TrainData(cfg)
+    for dataset, planner in ((td.train_set, td.planner), (td.val_set, td.val_planner)):
+        assert dataset.sequences and {dataset.source.category(s) for s in dataset.sequences} == {wanted}
+        assert set(planner.info.sequences) == set(dataset.sequences)
+    # DataLoader workers receive the dataset pickled: the filter must travel with it
+    again = pickle.loads(pickle.dumps(td.train_set))
+    assert again.sequences == td.train_set.sequences
+    with pytest.raises(ConfigError, match="no sequences of category \\['nosuch'\\]"):
+        TrainData(load_config(None, [f"data.path={data['root']}", "data.categories=[nosuch]", "data.img_size=28"]))

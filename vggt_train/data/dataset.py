@@ -120,12 +120,20 @@ class _ChunkedColumn:
 class ShardSource(FrameSource):
     """Frames of one converted split (`OUT/<split>`), read column-by-column from the memory-mapped shards."""
 
-    def __init__(self, split_dir: str):
+    def __init__(self, split_dir: str, categories: Optional[Sequence[str]] = None):
         from vggt_train.data.reader import Co3DSplit
 
         self.split_dir = split_dir
+        self.categories = sorted(set(categories)) if categories else None
         self.split = Co3DSplit(split_dir)
         self.sequences = list(self.split.sequences)
+        if self.categories is not None:
+            present = {self.split.category(s) for s in self.sequences}
+            absent = [c for c in self.categories if c not in present]
+            if absent:
+                raise ValueError(f"{split_dir}: no sequences of categor{'y' if len(absent) == 1 else 'ies'} {absent}; "
+                                 f"it holds {sorted(present)}")
+            self.sequences = [s for s in self.sequences if self.split.category(s) in self.categories]
         self._seq_pos = {s: i for i, s in enumerate(self.sequences)}
         ds = self.split.dataset
         if getattr(ds, "_indices", None) is not None:
@@ -140,10 +148,10 @@ class ShardSource(FrameSource):
         self._files = [f["filename"] for f in ds.cache_files] if ds.cache_files else [split_dir]
 
     def __getstate__(self):
-        return {"split_dir": self.split_dir}
+        return {"split_dir": self.split_dir, "categories": self.categories}
 
     def __setstate__(self, state):
-        self.__init__(state["split_dir"])
+        self.__init__(state["split_dir"], state.get("categories"))
 
     def num_frames(self, sequence: str) -> int:
         return self.split.num_frames(sequence)
@@ -297,11 +305,12 @@ class MultiViewDataset:
 
     def __init__(self, path: Optional[str] = None, split: Optional[str] = "train", img_size: int = 518, patch_size: int = 14,
                  augment: bool = True, aug: Optional[AugmentConfig] = None, *, source: Optional[FrameSource] = None,
-                 use_draft: bool = True, resample: str = "worker", max_frame_retries: int = 8, max_sequence_retries: int = 8):
+                 categories: Optional[Sequence[str]] = None, use_draft: bool = True, resample: str = "worker",
+                 max_frame_retries: int = 8, max_sequence_retries: int = 8):
         if source is None:
             if path is None:
                 raise ValueError("MultiViewDataset needs a path (converted dataset) or a source")
-            source = ShardSource(resolve_split_dir(path, split))
+            source = ShardSource(resolve_split_dir(path, split), categories=categories)
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
         if resample not in ("worker", "device"):

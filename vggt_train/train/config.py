@@ -58,7 +58,9 @@ class DataConfig:
     # set to the Co3D annotation dir (*.jgz) to train straight from the raw Co3D layout at data.path (no conversion;
     # the same samples, read more slowly: see docs/pipeline.md)
     raw_annotation_dir: Optional[str] = None
-    raw_categories: str = "all"  # with raw_annotation_dir: all | train41 | a,b,c
+    # train and validate on these Co3D categories only ([] = every category in the data; [train41] = the 41 VGGT
+    # training categories); e.g. the seed benchmark's [tv]
+    categories: List[str] = field(default_factory=list)
     train_split: str = "train"
     val_split: Optional[str] = "test"
     img_size: int = 518

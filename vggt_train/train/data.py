@@ -38,6 +38,15 @@ def resample_placement(cfg: TrainConfig) -> str:
     return "device" if accelerator_present() else "worker"
 
 
+def _expand_categories(names):
+    from vggt_train.data.co3d import CO3D_TRAIN_CATEGORIES
+
+    out = []
+    for name in names:
+        out += list(CO3D_TRAIN_CATEGORIES) if name == "train41" else [name]
+    return out or None
+
+
 class TrainData:
     """Datasets and step planners for a run; streams are built per rank once the accelerator is up."""
 
@@ -63,7 +72,7 @@ class TrainData:
             try:
                 self.val_set = self._dataset(d.val_split, False)
                 self.val_planner = planner(self.val_set, cfg.train.seed + _VAL_SEED_OFFSET)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, ValueError) as exc:
                 warnings.warn(f"no validation: data.val_split={d.val_split!r} is not in {d.path} ({exc})", stacklevel=2)
 
     def _dataset(self, split: str, augment: bool):
@@ -74,8 +83,8 @@ class TrainData:
         kw = {"img_size": d.img_size, "patch_size": d.patch_size, "augment": augment, "aug": augment_config(self.cfg),
               "resample": self.resample}
         if d.raw_annotation_dir:
-            return MultiViewDataset.from_raw(d.path, d.raw_annotation_dir, split, categories=d.raw_categories, **kw)
-        return MultiViewDataset(d.path, split, **kw)
+            return MultiViewDataset.from_raw(d.path, d.raw_annotation_dir, split, categories=",".join(d.categories) or "all", **kw)
+        return MultiViewDataset(d.path, split, categories=_expand_categories(d.categories), **kw)
 
     def nominal_samples_per_rank(self) -> int:
         """Samples in a rank's micro-batch at the smallest image count (what DeepSpeed's config is told)."""
