@@ -324,7 +324,7 @@ class Trainer:
             local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         value = torch.tensor([local / 2**30], device=dev, dtype=torch.float64)
         if self.accelerator.num_processes > 1:
-            value = self.accelerator.gather(value).max()  # accelerate.reduce has no "max"
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)  # accelerate.reduce has no "max"
         return float(value)
 
     def _mfu(self, S: int, hw, images_per_s_per_device: float) -> Optional[float]:
@@ -393,8 +393,9 @@ class Trainer:
                 self.state.step += 1
                 self.data.advance(self.state.step)
                 if progress is not None:
+                    # refresh=False: the bar redraws on update() at most every mininterval (30 s in a log file)
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}", refresh=False)
                     progress.update(1)
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}")
                 if self.state.step % cfg.train.log_every == 0 or self.state.step == cfg.train.max_steps or record["skipped"]:
                     self.log.write(record)
                     acc.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=record["step"])
