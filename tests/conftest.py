@@ -28,3 +28,25 @@ def load_fixture(name: str):
     root = PARITY_DIR / name
     config = json.loads((root / "config.json").read_text())
     return config, load_file(str(root / "weights.safetensors")), load_file(str(root / "inputs.safetensors")), load_file(str(root / "outputs.safetensors"))
+
+
+@pytest.fixture
+def clean_kernel_registry(monkeypatch):
+    """No VGGT_KERNELS override and an empty selection cache, before and after the test."""
+    from vggt_train import kernels
+
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    kernels.reset()
+    yield
+    kernels.reset()
+
+
+@pytest.fixture
+def npu(monkeypatch, clean_kernel_registry):
+    """The documented stand-in torch_npu (tests/fake_torch_npu.py) installed in sys.modules; returns it."""
+    import fake_torch_npu
+    from vggt_train import kernels
+
+    fake = fake_torch_npu.install(monkeypatch)
+    kernels.reset()  # forget a failed import of the real torch_npu
+    return fake

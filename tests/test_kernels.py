@@ -14,12 +14,7 @@ from vggt_train.kernels.attention import attention_cpu, attention_op
 from vggt_train.kernels.rope import rope_op
 
 
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
-    kernels.reset()
-    yield
-    kernels.reset()
+pytestmark = pytest.mark.usefixtures("clean_kernel_registry")
 
 
 def _naive_attention(q, k, v, scale):

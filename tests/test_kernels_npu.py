@@ -12,24 +12,11 @@ import warnings
 import pytest
 import torch
 
-import fake_torch_npu
 from vggt_train import kernels
 from vggt_train.kernels.check import run_check
 
 
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
-    kernels.reset()
-    yield
-    kernels.reset()
-
-
-@pytest.fixture
-def npu(monkeypatch):
-    fake = fake_torch_npu.install(monkeypatch)
-    kernels.reset()  # forget a failed import of the real torch_npu
-    return fake
+pytestmark = pytest.mark.usefixtures("clean_kernel_registry")
 
 
 def _fallbacks(caught):

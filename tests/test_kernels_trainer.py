@@ -9,25 +9,12 @@ import warnings
 import pytest
 import torch
 
-import fake_torch_npu
 from vggt_train import kernels
 from vggt_train.train.config import load_config
 from vggt_train.train.optim import build_optimizer
 
 
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
-    kernels.reset()
-    yield
-    kernels.reset()
-
-
-@pytest.fixture
-def npu(monkeypatch):
-    fake = fake_torch_npu.install(monkeypatch)
-    kernels.reset()
-    return fake
+pytestmark = pytest.mark.usefixtures("clean_kernel_registry")
 
 
 def _model():

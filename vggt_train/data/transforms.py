@@ -18,45 +18,20 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
+# the settings live apart (no heavy imports) because the trainer's typed config reads them too
+from vggt_train.data.augment_config import AugmentConfig, ColorJitterConfig  # noqa: F401
+
 try:
     _LANCZOS, _BICUBIC = Image.Resampling.LANCZOS, Image.Resampling.BICUBIC
 except AttributeError:  # Pillow < 9.1
     _LANCZOS, _BICUBIC = Image.LANCZOS, Image.BICUBIC
-
-
-# ----------------------------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class ColorJitterConfig:
-    """torchvision-style ColorJitter ranges, applied with probability p (the official defaults)."""
-
-    brightness: float = 0.5
-    contrast: float = 0.5
-    saturation: float = 0.5
-    hue: float = 0.1
-    p: float = 0.9
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The random parts of the recipe; `MultiViewDataset(augment=False)` turns all of them off.
-
-    cojitter_ratio has the official meaning: with probability 1 - cojitter_ratio (0.7) one jitter is shared by
-    all views of a sample, otherwise each view draws its own (official: `random.random() > cojitter_ratio`).
-    """
-
-    scale_range: Optional[Tuple[float, float]] = (0.8, 1.2)
-    rescale_aug: bool = True  # extra resize margin triangular(0, 0, 0.3) x the target's long side
-    landscape_check: bool = False  # portrait crops may be rotated by 90 degrees into a landscape target
-    color_jitter: Optional[ColorJitterConfig] = field(default_factory=ColorJitterConfig)
-    cojitter_ratio: float = 0.3
-    grayscale_p: float = 0.05
 
 
 SAFE_BOUND = 4  # pixels of margin the resize keeps around the target (official safe_bound)

@@ -7,9 +7,11 @@ import dataclasses
 import fnmatch
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin, get_type_hints
 
 import yaml
+
+from vggt_train.data.augment_config import AugmentConfig
 
 
 class ConfigError(ValueError):
@@ -28,31 +30,6 @@ class ModelConfig:
 
 
 @dataclass
-class JitterConfig:
-    """torchvision-style ColorJitter strengths, applied with probability p (data.transforms.ColorJitterConfig)."""
-
-    brightness: float = 0.5
-    contrast: float = 0.5
-    saturation: float = 0.5
-    hue: float = 0.1
-    p: float = 0.9
-
-
-@dataclass
-class AugConfig:
-    """The random parts of the official recipe (data.transforms.AugmentConfig); data.augment=false turns all off."""
-
-    scale_range: Optional[List[float]] = field(default_factory=lambda: [0.8, 1.2])  # crop size per axis (capped at 1); null: whole image
-    rescale_aug: bool = True  # extra resize margin triangular(0, 0, 0.3) x the target's long side
-    landscape_check: bool = False  # portrait crops may be rotated by 90 degrees into a landscape target
-    color_jitter: Optional[JitterConfig] = field(default_factory=JitterConfig)  # null: no colour jitter
-    # official meaning: ONE jitter is shared by all views of a sample when random() > cojitter_ratio, i.e. with
-    # probability 1 - cojitter_ratio (0.7); otherwise each view draws its own. 0: always shared, 1: never.
-    cojitter_ratio: float = 0.3
-    grayscale_p: float = 0.05
-
-
-@dataclass
 class DataConfig:
     path: Optional[str] = None  # converted dataset root (vggt-train convert-co3d --out), or a raw Co3D dir (below)
     # set to the Co3D annotation dir (*.jgz) to train straight from the raw Co3D layout at data.path (no conversion;
@@ -66,7 +43,7 @@ class DataConfig:
     img_size: int = 518
     patch_size: int = 14
     augment: bool = True
-    aug: AugConfig = field(default_factory=AugConfig)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)  # the recipe's random parts (data/augment_config.py)
     img_nums: List[int] = field(default_factory=lambda: [2, 24])
     max_img_per_gpu: int = 48
     aspect_range: List[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -156,6 +133,11 @@ def _coerce(value: Any, typ, where: str):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         (inner,) = get_args(typ) or (Any,)
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        inner = get_args(typ)
+        if not isinstance(value, (list, tuple)) or len(value) != len(inner):
+            raise ConfigError(f"{where} must be a list of {len(inner)}, got {value!r}")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, inner)))
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
@@ -195,10 +177,8 @@ def _build(cls, data: dict, where: str = ""):
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}; valid keys of {where or 'the config'}: {', '.join(sorted(known))}")
-    obj = cls()
-    for name, value in data.items():
-        setattr(obj, name, _coerce(value, _type_of(cls, name), f"{where}.{name}" if where else name))
-    return obj
+    # keyword construction: frozen dataclasses (the augmentation settings) take their values this way too
+    return cls(**{name: _coerce(value, _type_of(cls, name), f"{where}.{name}" if where else name) for name, value in data.items()})
 
 
 def _parse_override(text: str):
@@ -263,7 +243,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
             raise ConfigError(f"{p}: the top level must be a mapping")
     # YAML and overrides refine the defaults: a mapping-valued field (loss terms, kernels) keeps the keys
     # it does not mention; `null` disables a section
-    data = _deep_merge(dataclasses.asdict(TrainConfig()), copy.deepcopy(data))
+    data = _deep_merge(to_dict(TrainConfig()), copy.deepcopy(data))
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(data, key, value, TrainConfig)
@@ -358,5 +338,14 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"loss: {exc}") from None
 
 
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def to_dict(c: TrainConfig) -> dict:
-    return dataclasses.asdict(c)
+    """The config as plain YAML/JSON data (tuples as lists)."""
+    return _plain(dataclasses.asdict(c))

@@ -18,14 +18,8 @@ _VAL_SEED_OFFSET = 1_000_003
 
 
 def augment_config(cfg: TrainConfig):
-    """data.transforms.AugmentConfig from the typed data.aug section."""
-    from vggt_train.data.transforms import AugmentConfig, ColorJitterConfig
-
-    a = cfg.data.aug
-    jitter = None if a.color_jitter is None else ColorJitterConfig(**vars(a.color_jitter))
-    return AugmentConfig(scale_range=None if a.scale_range is None else (float(a.scale_range[0]), float(a.scale_range[1])),
-                         rescale_aug=a.rescale_aug, landscape_check=a.landscape_check, color_jitter=jitter,
-                         cojitter_ratio=a.cojitter_ratio, grayscale_p=a.grayscale_p)
+    """The recipe's random parts as the dataset takes them (data.aug is already a data.transforms.AugmentConfig)."""
+    return cfg.data.aug
 
 
 def resample_placement(cfg: TrainConfig) -> str:
