@@ -119,6 +119,84 @@ def test_raw_reader_gives_the_same_samples_as_the_shards(data, ds):
             assert torch.equal(a[k], b[k]), k
 
 
+def _reference_rows(table) -> list:
+    """Every row of an Arrow table through pyarrow's own per-row conversion (Python objects)."""
+    return table.to_pylist()
+
+
+def _assert_row_equals(got: dict, ref: dict) -> None:
+    image = ref["image"]["bytes"] if ref["image"] is not None else None
+    assert (got["image"] is None) == (image is None) and (image is None or bytes(got["image"]) == image)
+    assert (got["depth"] is None) == (ref["depth"] is None) and (ref["depth"] is None or bytes(got["depth"]) == ref["depth"])
+    for k in ("height", "width", "frame"):
+        assert got[k] == ref[k], k
+    for k in ("extrinsic", "intrinsic"):
+        assert (got[k] is None) == (ref[k] is None), k
+        if ref[k] is not None:
+            assert got[k].dtype == np.float64 and np.array_equal(got[k], np.array(ref[k], np.float64)), k
+
+
+def test_shard_rows_read_straight_from_the_arrow_buffers_equal_pyarrow_rows(ds):
+    """The row reader slices the Arrow buffers itself (offsets, data, list offsets): on the converted shards, on
+    columns chunked differently from each other (re-batched), on sliced chunks, with nulls and with large_binary
+    depth it gives exactly what pyarrow's per-row conversion gives."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from vggt_train.data.dataset import _SHARD_COLUMNS, _ShardRows
+
+    table = ds.source.split.dataset.data.table.select(list(_SHARD_COLUMNS))
+    ref = _reference_rows(table)
+    rows = _ShardRows(table)
+    for r in range(len(ref)):
+        _assert_row_equals(rows.read(r), ref[r])
+
+    n = len(ref)
+    cols = {}
+    for k, name in enumerate(_SHARD_COLUMNS):  # each column cut at other places, the first chunk sliced off an offset
+        whole = table.column(name).combine_chunks()
+        cut = 5 + 7 * k
+        cols[name] = pa.chunked_array([whole.slice(1, cut - 1), whole.slice(cut, 9), whole.slice(cut + 9)])
+    nulls = {3: "image", 10: "depth", 17: "extrinsic"}
+    for r, name in nulls.items():
+        values = cols[name].combine_chunks()
+        mask = pa.array([i == r - 1 for i in range(len(values))])
+        storage = getattr(values, "storage", values)
+        nulled = pc.if_else(mask, pa.scalar(None, storage.type), storage)
+        if isinstance(values.type, pa.ExtensionType):
+            nulled = pa.ExtensionArray.from_storage(values.type, nulled)
+        cols[name] = pa.chunked_array([nulled.slice(0, 20), nulled.slice(20)])
+    cols["depth"] = pc.cast(cols["depth"], pa.large_binary())
+    odd = pa.table(cols)
+    ref = _reference_rows(odd)
+    assert len(ref) == n - 1 and [ref[r - 1][name] is None for r, name in nulls.items()] == [True] * 3
+    rows = _ShardRows(odd)
+    for r in range(len(ref)):
+        _assert_row_equals(rows.read(r), ref[r])
+
+
+def test_shard_frames_survive_the_worker_pickling_round_trip(ds):
+    """A DataLoader worker gets the source pickled by path and rebuilds its row reader: the same frames, and a
+    depth that is a view of the memory map (not a copy)."""
+    import pickle
+
+    src = ds.source
+    copy = pickle.loads(pickle.dumps(src))
+    assert "_rows" not in src.__getstate__()
+    for seq in src.sequences:
+        for p in range(src.num_frames(seq)):
+            a, b = src.read_frame(seq, p), copy.read_frame(seq, p)
+            assert bytes(a.image) == bytes(b.image) and a.frame == b.frame and a.where == b.where
+            assert np.array_equal(a.depth, b.depth) and a.depth.dtype == np.float16 and not a.depth.flags.owndata
+            assert np.array_equal(a.extrinsic, b.extrinsic) and np.array_equal(a.intrinsic, b.intrinsic)
+    frames = src.split.get_frames(src.sequences[0], decode_images=False)  # reader.py's path, through `datasets`
+    for p in range(src.num_frames(src.sequences[0])):
+        f = copy.read_frame(src.sequences[0], p)
+        assert bytes(f.image) == frames["images"][p] and np.array_equal(f.depth, frames["depths"][p])
+        assert np.array_equal(f.extrinsic, frames["extrinsics"][p]) and np.array_equal(f.intrinsic, frames["intrinsics"][p])
+        assert f.frame == frames["frames"][p]
+
+
 def test_undecodable_image_row_is_replaced_counted_and_reported(data, ds, tmp_path, caplog):
     """Bit rot in a shard: one row's JPEG loses its header. That frame is replaced by the next position of its
     sequence, deterministically (the sample equals the clean sample with that position moved by one)."""
