@@ -21,6 +21,7 @@ from vggt_train.data.transforms import (
     rotate_camera,
     rotate_hue_,
     target_shape,
+    window_pixels,
 )
 from vggt_train.geometry import depth_to_world_points
 
@@ -110,6 +111,30 @@ def test_depth_gather_keeps_float16_and_drops_non_finite_values():
     assert out.dtype == np.float16 and out.shape == (28, 28) and np.isfinite(out).all()
     assert set(np.unique(out).tolist()) == {0.0, 2.5} and (out == 0).sum() > 0
     np.testing.assert_array_equal(resample_depth(depth, plan), out.astype(np.float32))
+
+
+def test_window_pixels_equal_the_cropped_image():
+    """The worker packs a source window with PIL's raw encoder over that tile: the bytes np.asarray(crop) gives,
+    for decoded JPEGs (full and draft-decoded) and in-memory images, any window inside the image."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    arr = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    for trial in range(30):
+        img = open_image(buf.getvalue() if trial % 3 else arr)
+        if trial % 3 == 2:
+            img.draft("RGB", (35, 23))  # a 1/2 DCT decode
+        W, H = img.size
+        r0, c0 = (int(v) for v in rng.integers(0, (H, W)))
+        r1, c1 = int(rng.integers(r0 + 1, H + 1)), int(rng.integers(c0 + 1, W + 1))
+        if trial == 0:
+            r0, r1, c0, c1 = 0, H, 0, W
+        got = window_pixels(img, (r0, r1, c0, c1))
+        assert got.dtype == np.uint8 and np.array_equal(got, np.asarray(img.crop((c0, r0, c1, r1)))), (trial, (r0, r1, c0, c1))
 
 
 @pytest.mark.parametrize("k", [-1, 1])

@@ -210,8 +210,27 @@ def resize_for_device(img: Image.Image, plan: ViewPlan, use_draft: bool = True):
         return None
     img, box, resample = _drafted(img, plan, use_draft)
     coeffs = ViewResample(img.size, box, (vw, vh), "bicubic" if resample == _BICUBIC else "lanczos")
-    r0, r1, c0, c1 = coeffs.window
-    return np.asarray(img.crop((c0, r0, c1, r1))), coeffs
+    return window_pixels(img, coeffs.window), coeffs
+
+
+def window_pixels(img: Image.Image, window: Tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels [r1 - r0, c1 - c0, 3] uint8 (read-only) of window = (r0, r1, c0, c1) of an RGB image.
+
+    PIL's raw encoder packs that tile straight into one bytes object. np.asarray(img.crop(...)) copies three
+    times (the crop, the encoder's 64 KB chunks, their join): ~3x the time, measured.
+    """
+    r0, r1, c0, c1 = window
+    img.load()
+    try:
+        encoder = Image._getencoder(img.mode, "raw", img.mode)
+        encoder.setimage(img.im, (c0, r0, c1, r1))
+    except (AttributeError, TypeError):  # a Pillow without this (private) interface: the plain way
+        return np.asarray(img.crop((c0, r0, c1, r1)))
+    size = (r1 - r0) * (c1 - c0) * 3
+    _, status, data = encoder.encode(size)  # room for every row: one call, status 1 (done)
+    if status != 1 or len(data) != size:
+        raise RuntimeError(f"PIL's raw encoder returned {len(data)} of {size} bytes (status {status})")
+    return np.frombuffer(data, np.uint8).reshape(r1 - r0, c1 - c0, 3)
 
 
 def gather_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
