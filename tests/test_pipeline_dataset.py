@@ -197,6 +197,30 @@ def test_shard_frames_survive_the_worker_pickling_round_trip(ds):
         assert f.frame == frames["frames"][p]
 
 
+@pytest.mark.parametrize("resample", ["worker", "device"])
+def test_worker_batches_do_not_depend_on_what_their_buffers_held(data, monkeypatch, resample):
+    """The worker's batch tensors are allocated uninitialised (every slot is written whole, padding included):
+    with buffers full of garbage, the same bytes come out."""
+    from vggt_train.data.sampler import SampleSpec
+
+    ds = MultiViewDataset(data["root"], "train", img_size=56, resample=resample)
+    specs = [SampleSpec(ds.sequences[i], (i, 3 * i + 1, 20 - i), seed) for i, seed in enumerate((1, 2, 5))]
+    clean = ds.load_batch(specs, 0.5, normalize=True, finish=False)
+    real_empty = torch.empty
+
+    def poisoned(*size, **kwargs):
+        t = real_empty(*size, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else 171)
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    dirty = ds.load_batch(specs, 0.5, normalize=True, finish=False)
+    monkeypatch.undo()
+    tensors = [k for k, v in clean.items() if isinstance(v, torch.Tensor)]
+    assert "pending_depths" in tensors and ("pending_window" in tensors or "pending_images" in tensors)
+    for k in tensors:
+        assert torch.equal(clean[k], dirty[k]), k
+
+
 def test_undecodable_image_row_is_replaced_counted_and_reported(data, ds, tmp_path, caplog):
     """Bit rot in a shard: one row's JPEG loses its header. That frame is replaced by the next position of its
     sequence, deterministically (the sample equals the clean sample with that position moved by one)."""

@@ -113,6 +113,35 @@ def test_depth_gather_keeps_float16_and_drops_non_finite_values():
     np.testing.assert_array_equal(resample_depth(depth, plan), out.astype(np.float32))
 
 
+def test_depth_gathered_into_a_slot_equals_the_gathered_copy():
+    """gather_depth(out=...) writes straight into the batch (or a rotated view of it): the same values, padding
+    zeroed over whatever the slot held; the float16 NaN/inf test also holds with negative values present."""
+    import dataclasses
+
+    rng = np.random.default_rng(5)
+    K = np.array([[50.0, 0, 41.5], [0, 50, 29.5], [0, 0, 1]])
+    for trial in range(40):
+        depth = rng.uniform(-1, 4, (60, 80)).astype(np.float16 if trial % 4 else np.float32)
+        depth[rng.random(depth.shape) < 0.02] = [np.nan, np.inf, -np.inf][trial % 3]
+        if trial % 5 == 0:
+            depth = np.abs(depth)  # no negative value: the cheap test alone decides
+        draw = ViewDraw((float(rng.uniform(0.5, 1)), float(rng.uniform(0.5, 1))), float(rng.uniform(0, 0.3)), bool(trial % 2), bool(trial % 3))
+        target = (28, 42) if trial % 2 else (42, 28)
+        plan = plan_view((60, 80), K, target, draw)
+        if trial % 3 == 0:  # a partly valid view (zero padding below and right)
+            plan = dataclasses.replace(plan, valid_hw=(plan.valid_hw[0] - 3 * (trial % 2), plan.valid_hw[1] - 5))
+        ref = gather_depth(depth, plan)
+        # float32 tests finiteness with np.isfinite, float16 with its bit test: the same zeros
+        assert np.array_equal(ref.astype(np.float32), gather_depth(depth.astype(np.float32), plan))
+        slot = np.full(plan.out_hw, 7, depth.dtype)
+        assert gather_depth(depth, plan, out=slot) is slot and np.array_equal(slot, ref)
+        rotated = np.full(plan.out_hw[::-1], 7, depth.dtype)
+        gather_depth(depth, plan, out=np.rot90(rotated, -1))
+        assert np.array_equal(rotated, np.rot90(ref, 1))
+    with pytest.raises(ValueError):
+        gather_depth(depth, plan, out=np.zeros(plan.out_hw, np.float64))
+
+
 def test_window_pixels_equal_the_cropped_image():
     """The worker packs a source window with PIL's raw encoder over that tile: the bytes np.asarray(crop) gives,
     for decoded JPEGs (full and draft-decoded) and in-memory images, any window inside the image."""

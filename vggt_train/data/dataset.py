@@ -48,6 +48,7 @@ from vggt_train.data.transforms import (
     BadView,
     JitterDraw,
     ViewDraw,
+    depth_dtype,
     gather_depth,
     image_size_hw,
     open_image,
@@ -305,10 +306,11 @@ def _inverse_se3(extrinsic: np.ndarray) -> np.ndarray:
 @dataclass
 class _View:
     """One view after the worker's geometry: image (uint8 [vh, vw, 3] before rotation, or with a deferred resize
-    (window, ViewResample)), depth [out_hw] after rotation, cameras after rotation, and the plan."""
+    (window, ViewResample)), depth [out_hw] after rotation (None when it went straight into the batch), cameras
+    after rotation, and the plan."""
 
     image: Any
-    depth: np.ndarray
+    depth: Optional[np.ndarray]
     extrinsic: np.ndarray
     intrinsic: np.ndarray
     plan: Any
@@ -329,11 +331,15 @@ class _Deferred:
         n = len(self.windows)
         h = max([w.shape[0] for w in self.windows if w is not None] or [1])
         w_ = max([w.shape[1] for w in self.windows if w is not None] or [1])
-        window = torch.zeros((n, h, w_, 3), dtype=torch.uint8)
+        window = torch.empty((n, h, w_, 3), dtype=torch.uint8)
         dst = window.numpy()
         for i, win in enumerate(self.windows):
+            wh, ww = (0, 0) if win is None else win.shape[:2]
             if win is not None:
-                dst[i, :win.shape[0], :win.shape[1]] = win
+                dst[i, :wh, :ww] = win
+            # only the padding is zeroed: it is never weighted, but the shipped bytes stay deterministic
+            dst[i, wh:] = 0
+            dst[i, :wh, ww:] = 0
         table = pack(self.coeffs, (max(o[0] for o in self.out_hw), max(o[1] for o in self.out_hw)))
         return {"pending_window": window, "pending_resample": table}
 
@@ -444,12 +450,13 @@ class MultiViewDataset:
         out: Dict[str, Any] = {
             "extrinsics": torch.empty(B, S, 3, 4), "intrinsics": torch.empty(B, S, 3, 3),
             "frame_ids": torch.empty(B, S, dtype=torch.int64), "frames": torch.empty(B, S, dtype=torch.int64),
-            "pending_depths": torch.zeros(B, S, H, W, dtype=torch.float16),
+            # every view's slot is written whole (padding included): no zero-filling
+            "pending_depths": torch.empty(B, S, H, W, dtype=torch.float16),
             "seq_names": [], "categories": [], "replaced": [],
         }
         deferred = _Deferred(B * S) if self.resample == "device" else None
         if deferred is None:
-            out["pending_images"] = torch.zeros(B, S, H, W, 3, dtype=torch.uint8)
+            out["pending_images"] = torch.empty(B, S, H, W, 3, dtype=torch.uint8)
         jitter = np.zeros((B * S, len(JITTER_FIELDS)))
         for b, spec in enumerate(specs):
             seq, replaced = self._fill_sample(out, deferred, jitter, b, spec, hw, normalize)
@@ -505,17 +512,19 @@ class MultiViewDataset:
             p = (pos + k) % n
             try:
                 frame = self.source.read_frame(seq, p)
-                view = self._process(frame, draw, hw)
+                slot = out["pending_depths"][b, v].numpy()
+                view = self._process(frame, draw, hw, slot if depth_dtype(frame.depth) == slot.dtype else None)
             except (BadFrame, BadView) as exc:
                 self._report(seq, p, exc)
                 continue
             if k:
                 replaced.append(f"{seq}/{pos} -> {seq}/{p}")
             self._store_image(out, deferred, b, v, view)
-            depths = out["pending_depths"]
-            if view.depth.dtype != np.float16 and depths.dtype == torch.float16:
-                depths = out["pending_depths"] = depths.float()  # a float32 source keeps its precision
-            depths[b, v].numpy()[...] = view.depth
+            if view.depth is not None:  # not gathered into the batch: its dtype differs
+                depths = out["pending_depths"]
+                if view.depth.dtype != np.float16 and depths.dtype == torch.float16:
+                    depths = out["pending_depths"] = depths.float()  # a float32 source keeps its precision
+                depths[b, v].numpy()[...] = view.depth
             extri = view.extrinsic
             if frame0 is not None:
                 if "inverse" not in frame0:
@@ -549,8 +558,12 @@ class MultiViewDataset:
         if view.image is not None:
             dst[:vh, :vw] = view.image
 
-    def _process(self, frame: RawFrame, draw: ViewDraw, hw) -> _View:
-        """One view through the worker's part of the recipe (decode, crop, resize, depth, cameras, rotation)."""
+    def _process(self, frame: RawFrame, draw: ViewDraw, hw, depth_out: Optional[np.ndarray] = None) -> _View:
+        """One view through the worker's part of the recipe (decode, crop, resize, depth, cameras, rotation).
+
+        depth_out: the view's [H, W] slot of the batch (dtype `depth_dtype(frame.depth)`); the depth is then
+        gathered straight into it, after everything that can fail, and the _View's depth is None.
+        """
         try:
             img = open_image(frame.image)
             src_hw = image_size_hw(img)
@@ -570,9 +583,13 @@ class MultiViewDataset:
                 image = None if resized is None else np.asarray(resized)
         except Exception as exc:
             raise BadFrame(frame.where, "image", f"cannot be decoded: {type(exc).__name__}: {exc}") from None
-        depth = gather_depth(frame.depth, plan)
+        if depth_out is None:
+            depth = gather_depth(frame.depth, plan)
+            depth = np.rot90(depth, plan.rot90_k) if plan.rot90_k else depth
+        else:  # gathered into the un-rotated view of the slot, the slot holds the rotated depth
+            depth = gather_depth(frame.depth, plan, np.rot90(depth_out, -plan.rot90_k) if plan.rot90_k else depth_out)
+            depth = None
         if plan.rot90_k:
-            depth = np.rot90(depth, plan.rot90_k)
             extri, intri = rotate_camera(extri, intri, plan.out_hw, plan.rot90_k)
         return _View(image, depth, extri, intri, plan)
 

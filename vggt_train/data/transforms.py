@@ -233,27 +233,50 @@ def window_pixels(img: Image.Image, window: Tuple[int, int, int, int]) -> np.nda
     return np.frombuffer(data, np.uint8).reshape(r1 - r0, c1 - c0, 3)
 
 
-def gather_depth(depth: np.ndarray, plan: ViewPlan) -> np.ndarray:
-    """Nearest-neighbour depth [out_hw] at the output pixel centres, in the source's dtype (float16 stays float16:
-    no conversion in the worker); 0 outside the valid region and where the stored value is not finite."""
+def depth_dtype(depth: np.ndarray) -> np.dtype:
+    """The dtype `gather_depth` returns for this source: float16 stays float16 (no conversion in the worker),
+    float32 stays float32, anything else becomes float32."""
+    return depth.dtype if depth.dtype in (np.float16, np.float32) else np.dtype(np.float32)
+
+
+def gather_depth(depth: np.ndarray, plan: ViewPlan, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Nearest-neighbour depth [out_hw] at the output pixel centres, in `depth_dtype(depth)`; 0 outside the valid
+    region and where the stored value is not finite.
+
+    out: an [out_hw] array of that dtype to write into (a slot of the batch, or a rotated view of one): the
+    values go straight there, without an intermediate image to copy.
+    """
     (th, tw), (vh, vw) = plan.out_hw, plan.valid_hw
     (y0, x0), (sy, sx) = plan.origin, plan.scale
     top, left, h1, w1 = plan.crop
-    dtype = depth.dtype if depth.dtype in (np.float16, np.float32) else np.float32
-    out = np.zeros((th, tw), dtype)
-    if vh <= 0 or vw <= 0:
+    dtype = depth_dtype(depth)
+    if out is None:
+        out = np.empty((th, tw), dtype)
+    elif out.shape != (th, tw) or out.dtype != dtype:
+        raise ValueError(f"out is {out.dtype} {out.shape}, expected {dtype} {(th, tw)}")
+    vh, vw = max(vh, 0), max(vw, 0)
+    out[vh:] = 0
+    out[:vh, vw:] = 0
+    if vh == 0 or vw == 0:
         return out
     rows = np.clip(np.floor(y0 + (np.arange(vh) + 0.5) / sy).astype(np.int64), top, top + h1 - 1)
     cols = np.clip(np.floor(x0 + (np.arange(vw) + 0.5) / sx).astype(np.int64), left, left + w1 - 1)
     # rows first, then columns: two 1-D takes are ~2x faster than one 2-D fancy index
     valid = out[:vh, :vw]
-    valid[...] = np.take(np.take(depth, rows, axis=0), cols, axis=1)
+    taken = np.take(depth, rows, axis=0)
+    if taken.dtype == dtype:  # the indices are in range: mode="clip" only skips np.take's buffering of `out`
+        np.take(taken, cols, axis=1, out=valid, mode="clip")
+    else:
+        valid[...] = np.take(taken, cols, axis=1)
     # NaN/inf would poison the points and the batch scale; they mean "no depth"
     if dtype == np.float16:
-        bad = (valid.view(np.uint16) & 0x7C00) == 0x7C00  # exponent all ones: inf or NaN (a bit test, 10x faster)
+        bits = valid.view(np.uint16)
+        # NaN/inf have every exponent bit set, so their bit patterns are >= 0x7C00 with either sign: the max is
+        # a test without temporaries, and only a hit (or a negative value) pays for the exact mask
+        bad = (bits & 0x7C00) == 0x7C00 if bits.max() >= 0x7C00 else None
     else:
         bad = ~np.isfinite(valid)
-    if bad.any():
+    if bad is not None and bad.any():
         valid[bad] = 0
     return out
 
