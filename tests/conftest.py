@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# The repository's tests read the parity fixtures from the shared folder next to the checkout.
-PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
+# Tensors produced by the official implementation (see tests/fixtures/parity/README.md), kept in the repository.
+PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 
@@ -17,7 +17,7 @@ torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     if not PARITY_DIR.is_dir():
-        pytest.fail(f"parity fixtures not found at {PARITY_DIR}: the tests expect ../shared next to the repository")
+        pytest.fail(f"parity fixtures not found at {PARITY_DIR}: the checkout is incomplete")
     return PARITY_DIR
 
 

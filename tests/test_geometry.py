@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import PARITY_DIR
 from vggt_train.geometry import (
     closed_form_inverse_se3,
     depth_to_cam_points,
@@ -20,15 +20,14 @@ from vggt_train.geometry import (
     quat_to_mat,
 )
 
-# <repo>/../shared/fixtures/parity/loss (the shared folder sits next to the checkout, locally and in CI)
-LOSS_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity" / "loss"
+LOSS_FIXTURE = PARITY_DIR / "loss"
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
 def fixture():
     if not LOSS_FIXTURE.is_dir():
-        pytest.fail(f"loss fixture not found at {LOSS_FIXTURE}: expected ../shared next to the repository")
+        pytest.fail(f"loss fixture not found at {LOSS_FIXTURE}: the checkout is incomplete")
     from safetensors.torch import load_file
 
     return load_file(str(LOSS_FIXTURE / "tensors.safetensors"))

@@ -8,15 +8,15 @@ rotary block: rows and columns of q and of k) through npu_rotary_mul.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import PARITY_DIR
 import fake_torch_npu
 from vggt_train import kernels
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity"
+PARITY = PARITY_DIR
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_full_model_on_the_npu_route_matches_the_parity_fixture(npu):
 
     root = PARITY / "tiny_conv"
     if not root.is_dir():
-        pytest.fail(f"parity fixtures not found at {root}: the tests expect ../shared next to the repository")
+        pytest.fail(f"parity fixtures not found at {root}: the checkout is incomplete")
     config = json.load(open(root / "config.json"))
     model = VGGT.from_config(config)
     load_pretrained(model, root / "weights.safetensors")

@@ -5,16 +5,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import PARITY_DIR
 from vggt_train.geometry import extri_intri_to_pose_encoding
 from vggt_train.losses import MultitaskLoss, filter_by_quantile, torch_quantile, track_loss
 
-# <repo>/../shared/fixtures/parity/loss (the shared folder sits next to the checkout, locally and in CI)
-LOSS_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity" / "loss"
+LOSS_FIXTURE = PARITY_DIR / "loss"
 CAMERA_KEYS = {"loss_camera", "loss_T", "loss_R", "loss_FL"}
 DEPTH_KEYS = {"loss_conf_depth", "loss_reg_depth", "loss_grad_depth"}
 POINT_KEYS = {"loss_conf_point", "loss_reg_point", "loss_grad_point"}
@@ -23,7 +22,7 @@ POINT_KEYS = {"loss_conf_point", "loss_reg_point", "loss_grad_point"}
 @pytest.fixture(scope="module")
 def fixture():
     if not LOSS_FIXTURE.is_dir():
-        pytest.fail(f"loss fixture not found at {LOSS_FIXTURE}: expected ../shared next to the repository")
+        pytest.fail(f"loss fixture not found at {LOSS_FIXTURE}: the checkout is incomplete")
     from safetensors.torch import load_file
 
     tensors = load_file(str(LOSS_FIXTURE / "tensors.safetensors"))
