@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -50,3 +54,50 @@ def npu(monkeypatch, clean_kernel_registry):
     fake = fake_torch_npu.install(monkeypatch)
     kernels.reset()  # forget a failed import of the real torch_npu
     return fake
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory) -> Path:
+    """A tiny synthetic Co3D (tv: 2 train + 1 test sequences x 24 frames, 42x56) converted to shards, shared by the
+    tests that launch training runs."""
+    root = tmp_path_factory.mktemp("train_shards")
+    for args in (
+        ["make-synthetic-co3d", "--out", str(root / "raw"), "--categories", "tv", "--sequences", "2", "--test-sequences", "1",
+         "--frames", "24", "--size", "42x56", "--seed", "3"],
+        ["convert-co3d", "--co3d-dir", str(root / "raw" / "co3d"), "--annotation-dir", str(root / "raw" / "annotations"),
+         "--out", str(root / "shards"), "--quiet"],
+    ):
+        subprocess.run([sys.executable, "-m", "vggt_train", *args], check=True, capture_output=True, timeout=400)
+    return root / "shards"
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (for a launcher's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_accelerate_config(path: Path, ds_config, processes: int, machines: int = 1, rank: int = 0,
+                            port: int = 29500) -> Path:
+    """An accelerate launch config for `processes` CPU processes per machine under DeepSpeed with `ds_config`."""
+    path.write_text(textwrap.dedent(
+        f"""
+        compute_environment: LOCAL_MACHINE
+        distributed_type: DEEPSPEED
+        deepspeed_config:
+          deepspeed_config_file: {ds_config}
+          zero3_init_flag: false
+          deepspeed_multinode_launcher: standard
+        machine_rank: {rank}
+        main_process_ip: 127.0.0.1
+        main_process_port: {port}
+        num_machines: {machines}
+        num_processes: {processes}
+        rdzv_backend: static
+        same_network: true
+        use_cpu: true
+        main_training_function: main
+        """
+    ))
+    return path

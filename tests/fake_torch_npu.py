@@ -363,6 +363,9 @@ class _Npu(types.ModuleType):
     def is_available(self):
         return self.available
 
+    def device_count(self):
+        return 8 if self.available else 0  # one Atlas 800T A2 node
+
     def set_device(self, device):
         self.current_device = device
 

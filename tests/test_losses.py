@@ -74,10 +74,21 @@ def test_disabled_heads_have_no_terms(fixture):
     assert losses["loss_reg_depth"].item() == pytest.approx(expected["loss_reg_depth"], rel=1e-4)
     depth_sum = sum(expected[k] for k in DEPTH_KEYS)
     assert losses["objective"].item() == pytest.approx(depth_sum, rel=1e-4)
-    # a head whose prediction is missing is skipped too (e.g. a model built without that head)
+    # an enabled term whose prediction is missing (a model built without that head) is an error, not a silent no-op
     pred = _predictions(tensors)
     del pred["world_points"], pred["world_points_conf"]
-    assert not (POINT_KEYS & set(MultitaskLoss(**config)(pred, _batch(tensors))))
+    with pytest.raises(ValueError, match="loss.point is enabled but the model predicted no 'world_points'.*point_head"):
+        MultitaskLoss(**config)(pred, _batch(tensors))
+
+
+def test_an_enabled_term_without_its_ground_truth_is_an_error(fixture):
+    tensors, config, _ = fixture
+    batch = _batch(tensors)
+    with pytest.raises(ValueError, match="loss.track is enabled but the batch has no tracks, track_vis_mask"):
+        MultitaskLoss(**config, track={"weight": 1.0})(_predictions(tensors), batch)
+    del batch["world_points"]
+    with pytest.raises(ValueError, match="loss.point is enabled but the batch has no world_points"):
+        MultitaskLoss(**config)(_predictions(tensors), batch)
 
 
 def test_unknown_option_is_rejected():

@@ -37,7 +37,8 @@ def test_official_recipe_defaults():
 
 def test_overrides_are_typed_and_merge_into_sections():
     cfg = load_config(None, ["data.path=/d", "train.max_steps=7", "data.img_nums=[2,4]", "loss.depth.weight=2.5",
-                             "kernels.attention=npu", "model.frozen=[aggregator*]", "resume=auto"])
+                             "kernels.attention=npu", "model.frozen=[aggregator*]", "model.allow_random_frozen=true",
+                             "resume=auto"])
     assert cfg.train.max_steps == 7 and cfg.data.img_nums == [2, 4]
     assert cfg.loss.depth == {"weight": 2.5, "gradient_loss_fn": "grad", "valid_range": 0.98}
     assert cfg.kernels == {"attention": "npu"} and cfg.model.frozen == ["aggregator*"] and cfg.resume == "auto"

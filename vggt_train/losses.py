@@ -26,7 +26,8 @@ No valid pixels: a term whose mask selects (almost) nothing is a zero that stays
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -438,6 +439,22 @@ def track_loss(predictions, batch, gamma: float = 0.8) -> Dict[str, torch.Tensor
 
 
 # -- the module ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Supervision:
+    """What one loss term reads: ground-truth keys of the batch, and the model's prediction (any one of the names)."""
+
+    targets: Tuple[str, ...]
+    predictions: Tuple[str, ...]
+    head: str
+
+
+SUPERVISION = {
+    "camera": Supervision(("extrinsics", "intrinsics"), ("pose_enc_list",), "camera_head"),
+    "depth": Supervision(("depths", "point_masks"), ("depth",), "depth_head"),
+    "point": Supervision(("world_points", "point_masks"), ("world_points",), "point_head"),
+    "track": Supervision(("tracks", "track_vis_mask"), ("track_list", "track"), "track_head"),
+}
+
 _TERMS = {
     "camera": ("loss_camera",),
     "depth": ("loss_conf_depth", "loss_reg_depth", "loss_grad_depth"),
@@ -487,6 +504,17 @@ class MultitaskLoss(torch.nn.Module):
 
     def forward(self, predictions: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """predictions: model outputs; batch: the normalised ground truth. -> dict of 0-d tensors + objective."""
+        for name in ("camera", "depth", "point", "track"):
+            if getattr(self, name) is None:
+                continue
+            # an enabled term without its inputs is an error, never a silently missing term
+            need = SUPERVISION[name]
+            missing = [k for k in need.targets if k not in batch]
+            if missing:
+                raise ValueError(f"loss.{name} is enabled but the batch has no {', '.join(missing)}")
+            if not any(k in predictions for k in need.predictions):
+                raise ValueError(f"loss.{name} is enabled but the model predicted no {need.predictions[-1]!r} "
+                                 f"(is its {need.head} disabled?)")
         losses: Dict[str, torch.Tensor] = {}
         objective = 0.0
         heads = (

@@ -27,6 +27,9 @@ import torch
 
 from vggt_train.data.transforms import apply_jitter_
 
+# the ground truth a finished training batch carries (what the loss terms may be supervised with)
+TARGET_KEYS = ("images", "depths", "point_masks", "cam_points", "world_points", "extrinsics", "intrinsics")
+
 # geometry.normalize_batch's bounds and count epsilon, so the normalisation gives the same numbers
 _SCALE_MIN, _SCALE_MAX, _COUNT_EPS = 1e-6, 1e6, 1e-3
 

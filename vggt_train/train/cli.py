@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
+from pathlib import Path
+from typing import Optional
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,24 +28,79 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        _fail(CLIError(f"bad config: {exc}"))
+        _fail(CLIError(f"bad config: {exc}"), _output_dir_of(args))
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    from vggt_train.cli import describe_os_error
+    from vggt_train.model.hub import CheckpointSourceError
+    from vggt_train.train.device import DeviceError
     from vggt_train.train.loop import Trainer, TrainingError
 
+    _clear_error_file(cfg.output_dir)
     try:
         Trainer(cfg).fit()
-    except (TrainingError, ConfigError) as exc:
-        _fail(CLIError(str(exc)))
+    except (TrainingError, ConfigError, DeviceError, CheckpointSourceError) as exc:
+        _fail(CLIError(str(exc)), cfg.output_dir)
+    except OSError as exc:  # a full disk, a permission, an output_dir that is a file: the user's to fix
+        _fail(CLIError(describe_os_error(exc)), cfg.output_dir)
+    except BaseException as exc:  # a bug: keep the traceback, and leave it where a buried launcher log is not needed
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _write_error_file(cfg.output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        raise
     finally:
         _shutdown_distributed()
     return 0
 
 
-def _fail(error: Exception) -> None:
-    """Every rank stops with exit code 2, but only rank 0 prints: one line, not one per process."""
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+ERROR_FILE = "error.txt"
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _write_error_file(output_dir: Optional[str], text: str) -> None:
+    """<output_dir>/error.txt on rank 0: a launcher (accelerate, deepspeed, Slurm) may bury rank 0's stderr among
+    every rank's output; the file holds the error alone. Best effort: an unwritable output_dir is its own error."""
+    if not output_dir or not _is_rank0():
+        return
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / ERROR_FILE).write_text(text if text.endswith("\n") else text + "\n")
+    except OSError:
+        pass
+
+
+def _clear_error_file(output_dir: str) -> None:
+    """Remove an earlier run's error.txt, so the file always describes the latest run."""
+    if _is_rank0():
+        try:
+            (Path(output_dir) / ERROR_FILE).unlink()
+        except OSError:
+            pass
+
+
+def _output_dir_of(args: argparse.Namespace) -> Optional[str]:
+    """output_dir from the overrides or the YAML, read leniently, for a config that failed validation."""
+    import yaml
+
+    for item in reversed(args.overrides or []):
+        if item.startswith("output_dir="):
+            return item.split("=", 1)[1] or None
+    try:
+        data = yaml.safe_load(Path(args.config).read_text()) if args.config else None
+    except (OSError, yaml.YAMLError, ValueError):
+        return None
+    value = data.get("output_dir") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _fail(error: Exception, output_dir: Optional[str] = None) -> None:
+    """Every rank stops with exit code 2, but only rank 0 prints: one line, not one per process (also written
+    to <output_dir>/error.txt)."""
+    if _is_rank0():
+        _write_error_file(output_dir, f"vggt-train train: error: {error}")
         raise error from None
     raise SystemExit(2)
 

@@ -21,9 +21,14 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     preset: str = "vggt_1b"  # vggt_1b | small | tiny
-    checkpoint: Optional[str] = None  # official .pt/.pth/.safetensors to start from
+    # official weights to start from: a local .pt/.pth/.safetensors, or a Hugging Face Hub repo id such as
+    # facebook/VGGT-1B (optionally @revision and /file; see vggt_train/model/hub.py)
+    checkpoint: Optional[str] = None
     strict_load: bool = True
     frozen: List[str] = field(default_factory=list)  # module-name globs, e.g. ["aggregator*"]
+    # frozen modules without model.checkpoint would stay at their random initialisation for the whole run:
+    # refused unless this says it is meant
+    allow_random_frozen: bool = False
     # heads not built at all; the official fine-tuning trains camera + depth only
     disable_heads: List[str] = field(default_factory=lambda: ["point_head", "track_head"])
     gradient_checkpointing: bool = True
@@ -67,8 +72,8 @@ class OptimConfig:
     start_lr: float = 1e-8
     end_lr: float = 1e-8
     # gradient clipping: max-norm per top-level module group, as the official recipe does (per_group), or the
-    # norm of all gradients together at the smallest of them (global). DeepSpeed can only clip globally, so
-    # under DeepSpeed per_group runs as global (with a warning when that changes anything)
+    # norm of all gradients together at the smallest of them (global). Under DeepSpeed ZeRO-1/2/3 per_group
+    # clips each group on the partitions each rank holds (train/clipping.py; it fails clearly where it cannot)
     clip_groups: Dict[str, float] = field(default_factory=lambda: {"aggregator": 1.0, "depth_head": 1.0, "camera_head": 1.0})
     clip_mode: str = "per_group"  # per_group | global
 
@@ -94,6 +99,9 @@ class TrainLoopConfig:
     keep_last: int = 3
     max_nonfinite_in_row: int = 5
     peak_tflops: Optional[float] = None  # per device, for MFU; None: a table by device type
+    # auto (NPU, else GPU, else CPU) | accelerator (NPU or GPU, never the CPU) | npu | cuda | cpu; a device asked
+    # for and not usable stops the run before any data is read, naming why
+    device: str = "auto"
     progress: bool = True
 
 
@@ -248,13 +256,55 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         key, value = _parse_override(item)
         _set_dotted(data, key, value, TrainConfig)
     config = _build(TrainConfig, data)
+    _resolve_paths(config, path)
     validate(config)
     return config
 
 
+def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
+    """Relative input paths made absolute by train/paths.py's lookup, so a run works from any directory; a file the
+    run needs and no lookup finds is an error naming the directories tried."""
+    from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
+    from vggt_train.train import paths
+
+    dirs = paths.search_dirs(config_file)
+
+    def look(key: str, value: Optional[str], required: bool) -> Optional[str]:
+        if value is None:
+            return None
+        found = paths.locate(value, dirs)
+        if found is not None:
+            return str(found)
+        if required:
+            raise ConfigError(paths.not_found(key, value, dirs))
+        return value  # data.path: TrainData says what is missing there
+
+    c.data.path = look("data.path", c.data.path, False)
+    c.data.raw_annotation_dir = look("data.raw_annotation_dir", c.data.raw_annotation_dir, True)
+    c.deepspeed = look("deepspeed", c.deepspeed, True)
+    if c.resume not in (None, "auto"):
+        c.resume = look("resume", c.resume, True)
+    if c.model.checkpoint:
+        found = paths.locate(c.model.checkpoint, dirs)
+        if found is not None and found.is_file():
+            c.model.checkpoint = str(found)
+        else:
+            try:
+                is_hub = parse_hub_ref(c.model.checkpoint) is not None
+            except CheckpointSourceError as exc:
+                raise ConfigError(str(exc)) from None
+            if not is_hub:
+                raise ConfigError(paths.not_found("model.checkpoint", c.model.checkpoint, dirs))
+
+
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail later (or silently misbehave), naming the field."""
+    # torch-heavy modules: imported when a config is validated, so reading one (--print-config) stays light
+    from vggt_train.data.finish import TARGET_KEYS
+    from vggt_train.losses import SUPERVISION, MultitaskLoss
     from vggt_train.model.config import PRESETS
+    from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
+    from vggt_train.train.device import CHOICES as DEVICE_CHOICES
 
     def need(cond: bool, message: str) -> None:
         if not cond:
@@ -262,7 +312,16 @@ def validate(c: TrainConfig) -> None:
 
     need(c.model.preset in PRESETS, f"model.preset={c.model.preset!r} is unknown; choose from {sorted(PRESETS)}")
     if c.model.checkpoint:
-        need(Path(c.model.checkpoint).is_file(), f"model.checkpoint={c.model.checkpoint!r}: file not found")
+        try:
+            hub_ref = parse_hub_ref(c.model.checkpoint)
+        except CheckpointSourceError as exc:
+            raise ConfigError(str(exc)) from None
+        if hub_ref is None:  # a local file; a Hub repo id is resolved (downloaded or taken from the cache) at start-up
+            need(Path(c.model.checkpoint).expanduser().is_file(), f"model.checkpoint={c.model.checkpoint!r}: file not found")
+    elif c.model.frozen and not c.model.allow_random_frozen:
+        need(False, f"model.frozen={c.model.frozen} without model.checkpoint: the frozen modules would keep their random "
+                    f"initialisation for the whole run. Set model.checkpoint (a file, or a Hub repo id such as "
+                    f"facebook/VGGT-1B), or model.allow_random_frozen=true if that is what you want")
     heads = {"camera_head", "depth_head", "point_head", "track_head"}
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")
@@ -317,6 +376,7 @@ def validate(c: TrainConfig) -> None:
     need(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
     need(t.ckpt_every >= 0 and t.keep_last >= 1, "train.ckpt_every must be >= 0 and train.keep_last >= 1")
     need(t.max_nonfinite_in_row >= 1, f"train.max_nonfinite_in_row={t.max_nonfinite_in_row} must be >= 1")
+    need(t.device in DEVICE_CHOICES, f"train.device={t.device!r}; choose from {', '.join(DEVICE_CHOICES)}")
     need(c.deepspeed is None or Path(c.deepspeed).is_file(), f"deepspeed={c.deepspeed!r}: DeepSpeed config file not found")
     need(c.resume in (None, "auto") or Path(c.resume).is_dir(), f"resume={c.resume!r}: use auto or an existing checkpoint directory")
     enabled = [name for name in ("camera", "depth", "point", "track") if getattr(c.loss, name)]
@@ -330,8 +390,10 @@ def validate(c: TrainConfig) -> None:
         # its outputs would be computed for nothing and its parameters get no gradient, which DDP rejects
         need(False, f"model builds {head} but loss.{name} is off: add {head} to model.disable_heads (or enable "
                     f"loss.{name}, or freeze it with model.frozen)")
-    from vggt_train.losses import MultitaskLoss
-
+    for name in enabled:  # a term whose ground truth the batches never carry would silently be no loss at all
+        missing = [k for k in SUPERVISION[name].targets if k not in TARGET_KEYS]
+        need(not missing, f"loss.{name} is enabled but the training data provides no {', '.join(missing)} (its "
+                          f"supervision; batches carry {', '.join(TARGET_KEYS)}): set loss.{name}=null")
     try:
         MultitaskLoss(**vars(c.loss))  # unknown options and bad weights fail here, not after the model is built
     except (ValueError, TypeError) as exc:

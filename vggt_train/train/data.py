@@ -60,7 +60,10 @@ class TrainData:
                                seed=seed, frame_sampling=d.frame_sampling, expand_ratio=d.expand_ratio,
                                max_img_per_gpu=d.max_img_per_gpu)
 
-        self.planner = planner(self.train_set, cfg.train.seed)
+        try:
+            self.planner = planner(self.train_set, cfg.train.seed)
+        except ValueError as exc:  # e.g. no sequence left after data.categories
+            raise ConfigError(f"data.path={d.path!r} / data.train_split={d.train_split!r}: {exc}") from None
         self.val_set = self.val_planner = None
         if d.val_split and cfg.train.val_every:
             try:
