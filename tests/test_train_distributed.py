@@ -5,38 +5,25 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from conftest import free_port, write_accelerate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 400
 CLIP = 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """A tiny synthetic Co3D converted to shards (shared by every run of this module)."""
-    root = tmp_path_factory.mktemp("train_data")
-    for args in (
-        ["make-synthetic-co3d", "--out", str(root / "raw"), "--categories", "tv", "--sequences", "2", "--test-sequences", "1",
-         "--frames", "24", "--size", "42x56", "--seed", "3"],
-        ["convert-co3d", "--co3d-dir", str(root / "raw" / "co3d"), "--annotation-dir", str(root / "raw" / "annotations"),
-         "--out", str(root / "shards"), "--quiet"],
-    ):
-        subprocess.run([sys.executable, "-m", "vggt_train", *args], check=True, capture_output=True, timeout=TIMEOUT)
-    return root / "shards"
+def dataset(train_shards) -> Path:
+    """A tiny synthetic Co3D converted to shards (conftest's, shared by every run of this module)."""
+    return train_shards
 
 
 def _base_overrides(dataset: Path, out: Path) -> list:
@@ -54,28 +41,8 @@ def _base_overrides(dataset: Path, out: Path) -> list:
 
 def _accelerate_config(tmp: Path, stage: int, processes: int, machines: int = 1, rank: int = 0, port: int = 29500,
                        ds_config: Path | None = None) -> Path:
-    text = textwrap.dedent(
-        f"""
-        compute_environment: LOCAL_MACHINE
-        distributed_type: DEEPSPEED
-        deepspeed_config:
-          deepspeed_config_file: {ds_config or REPO / 'ds_configs' / f'zero{stage}.json'}
-          zero3_init_flag: false
-          deepspeed_multinode_launcher: standard
-        machine_rank: {rank}
-        main_process_ip: 127.0.0.1
-        main_process_port: {port}
-        num_machines: {machines}
-        num_processes: {processes}
-        rdzv_backend: static
-        same_network: true
-        use_cpu: true
-        main_training_function: main
-        """
-    )
     path = tmp / f"accel_z{stage}_p{processes}_m{machines}_r{rank}.yaml"
-    path.write_text(text)
-    return path
+    return write_accelerate_config(path, ds_config or REPO / "ds_configs" / f"zero{stage}.json", processes, machines, rank, port)
 
 
 def _run(cmd: list, env_extra: dict | None = None, expect_ok: bool = True) -> subprocess.CompletedProcess:
@@ -124,7 +91,7 @@ def reference_run(dataset, tmp_path_factory):
 def zero2_run(dataset, tmp_path_factory):
     """Two processes, DeepSpeed ZeRO-2: the same global batch split across ranks."""
     out = tmp_path_factory.mktemp("z2")
-    _launch(_accelerate_config(out, 2, 2, port=_free_port()), _base_overrides(dataset, out))
+    _launch(_accelerate_config(out, 2, 2, port=free_port()), _base_overrides(dataset, out))
     return out
 
 
@@ -144,7 +111,7 @@ def test_ddp_two_cpu_processes_equal_one_process(dataset, reference_run, tmp_pat
     """torchrun without DeepSpeed: plain DDP over gloo (accelerate must be told it runs on the CPU, or each
     process would silently train its own copy)."""
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-          "--master_port", str(_free_port()), "-m", "vggt_train.train", *_base_overrides(dataset, tmp_path), "train.ckpt_every=0"])
+          "--master_port", str(free_port()), "-m", "vggt_train.train", *_base_overrides(dataset, tmp_path), "train.ckpt_every=0"])
     ref, ddp = _losses(reference_run), _losses(tmp_path)
     for step in ref:
         assert ddp[step] == pytest.approx(ref[step], rel=2e-4, abs=1e-5), (step, ref, ddp)
@@ -152,14 +119,14 @@ def test_ddp_two_cpu_processes_equal_one_process(dataset, reference_run, tmp_pat
 
 def test_deepspeed_gradient_accumulation_equals_one_process(dataset, reference_run, tmp_path):
     """One process under DeepSpeed ZeRO-2 with 2 accumulation steps: DeepSpeed's own accumulation boundary."""
-    _launch(_accelerate_config(tmp_path, 2, 1, port=_free_port()), _base_overrides(dataset, tmp_path) + ["train.grad_accum_steps=2"])
+    _launch(_accelerate_config(tmp_path, 2, 1, port=free_port()), _base_overrides(dataset, tmp_path) + ["train.grad_accum_steps=2"])
     ref, ds = _losses(reference_run), _losses(tmp_path)
     for step in ref:
         assert ds[step] == pytest.approx(ref[step], rel=2e-4, abs=1e-5), (step, ref, ds)
 
 
 def test_zero3_two_processes_equal_one_process(dataset, reference_run, tmp_path):
-    _launch(_accelerate_config(tmp_path, 3, 2, port=_free_port()), _base_overrides(dataset, tmp_path))
+    _launch(_accelerate_config(tmp_path, 3, 2, port=free_port()), _base_overrides(dataset, tmp_path))
     ref, z3 = _losses(reference_run), _losses(tmp_path)
     for step in ref:
         assert z3[step] == pytest.approx(ref[step], rel=2e-4, abs=1e-5), (step, ref, z3)
@@ -193,7 +160,7 @@ def test_export_is_the_trained_model(reference_run, zero2_run, tmp_path):
 
 
 def test_kill_and_resume_equals_uninterrupted(dataset, zero2_run, tmp_path):
-    config = _accelerate_config(tmp_path, 2, 2, port=_free_port())
+    config = _accelerate_config(tmp_path, 2, 2, port=free_port())
     crashed = _launch(config, _base_overrides(dataset, tmp_path), env_extra={"VGGT_TRAIN_TEST_CRASH_AFTER_STEP": "3"}, expect_ok=False)
     assert crashed.returncode != 0
     assert sorted(_losses(tmp_path)) == [1, 2, 3]
@@ -210,11 +177,15 @@ def test_frozen_aggregator_stays_bitwise_and_a_nan_step_is_skipped(dataset, tmp_
 
     torch.manual_seed(1)
     start = export_official(VGGT.from_preset("tiny"), tmp_path / "start.safetensors")
-    overrides = _base_overrides(dataset, tmp_path) + [f"model.checkpoint={start}", "model.frozen=[aggregator*]"]
-    _launch(_accelerate_config(tmp_path, 2, 2, port=_free_port()), overrides, env_extra={"VGGT_TRAIN_TEST_NAN_AT_STEPS": "2"})
+    # per-group clipping (hooked into DeepSpeed) with a clip group that has no trainable parameter
+    overrides = _base_overrides(dataset, tmp_path) + [f"model.checkpoint={start}", "model.frozen=[aggregator*]", "optim.clip_mode=per_group"]
+    _launch(_accelerate_config(tmp_path, 2, 2, port=free_port()), overrides, env_extra={"VGGT_TRAIN_TEST_NAN_AT_STEPS": "2"})
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [r["step"] for r in records if r.get("skipped")]
     assert skipped == [2]
+    for r in records:
+        assert "grad_norm_aggregator" not in r
+        assert ("grad_norm_camera_head" in r and "grad_norm_depth_head" in r) == (r["step"] != 2), r
     state = json.loads((tmp_path / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
     assert state["skipped_steps"] == 1
     from vggt_train.model import read_state_dict
@@ -229,16 +200,18 @@ def test_frozen_aggregator_stays_bitwise_and_a_nan_step_is_skipped(dataset, tmp_
 
 
 def test_zero3_skips_a_nan_step_with_partitioned_parameters(dataset, tmp_path):
-    """ZeRO-3 with every parameter partitioned (persistence threshold 0): a NaN step is skipped on both ranks,
-    and the steps after it train normally."""
+    """ZeRO-3 with every parameter partitioned (persistence threshold 0), clipping per group: a NaN step is
+    skipped on both ranks, and the steps after it train normally."""
     config = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     ds = tmp_path / "zero3_partitioned.json"
     ds.write_text(json.dumps(config))
-    _launch(_accelerate_config(tmp_path, 3, 2, port=_free_port(), ds_config=ds), _base_overrides(dataset, tmp_path) + ["train.ckpt_every=0"],
+    _launch(_accelerate_config(tmp_path, 3, 2, port=free_port(), ds_config=ds),
+            _base_overrides(dataset, tmp_path) + ["train.ckpt_every=0", "optim.clip_mode=per_group"],  # the hooks too
             env_extra={"VGGT_TRAIN_TEST_NAN_AT_STEPS": "2"})
     records = _records(tmp_path)
     assert [r["step"] for r in records if r["skipped"]] == [2]
+    assert [r["step"] for r in records if "grad_norm_aggregator" in r] == [1, 3, 4, 5, 6]
     assert records[1]["loss"] is None  # written as JSON null, not NaN
     later = [r for r in records if r["step"] > 2]
     assert len(later) == 4 and all(r["loss"] is not None and r["grad_norm"] is not None for r in later)
@@ -266,7 +239,7 @@ def test_nan_steps_in_a_row_stop_with_a_clear_error_and_no_nan_checkpoint(datase
 
 def test_multinode_path_simulated_on_localhost(dataset, tmp_path):
     """2 machines x 1 process through accelerate's standard multi-node launcher, equal to 2 local processes."""
-    port = _free_port()
+    port = free_port()
     overrides = _base_overrides(dataset, tmp_path) + ["train.max_steps=3", "train.ckpt_every=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
@@ -279,7 +252,7 @@ def test_multinode_path_simulated_on_localhost(dataset, tmp_path):
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-4000:]
     local = tmp_path / "local"
-    _launch(_accelerate_config(tmp_path, 2, 2, port=_free_port()), _base_overrides(dataset, local) + ["train.max_steps=3", "train.ckpt_every=0"])
+    _launch(_accelerate_config(tmp_path, 2, 2, port=free_port()), _base_overrides(dataset, local) + ["train.max_steps=3", "train.ckpt_every=0"])
     multi, single_node = _losses(tmp_path), _losses(local)
     assert sorted(multi) == [1, 2, 3]
     for step in multi:
@@ -292,9 +265,141 @@ def test_deepspeed_launcher_with_a_hostfile(dataset, tmp_path):
     hostfile.write_text("localhost slots=2\n")
     overrides = _base_overrides(dataset, tmp_path) + ["train.max_steps=2", "train.ckpt_every=0"]
     # --no_ssh --node_rank 0: what each node runs under a scheduler; here it keeps the test free of ssh
-    env = {"DS_LAUNCHER_ARGS": f"--no_ssh --node_rank 0 --master_addr 127.0.0.1 --master_port {_free_port()}"}
+    env = {"DS_LAUNCHER_ARGS": f"--no_ssh --node_rank 0 --master_addr 127.0.0.1 --master_port {free_port()}"}
     _run(["bash", str(REPO / "launch.sh"), "multinode", "--hostfile", str(hostfile), *overrides], env_extra=env)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     # two ranks each took max_img_per_gpu // S samples of the global batch
     assert all(r["samples"] == 2 * (6 // r["num_images"]) for r in records)
+
+
+# -- per-group clipping under DeepSpeed (optim.clip_mode=per_group, the official recipe) --------------------------
+# a different limit per group, each below that group's gradient norm at every step (asserted from the logs), so
+# every group clips at every step, and clipping all together at the smallest limit would give other losses (by
+# 1e-3 and 5e-3 at steps 4 and 6, and grad norms 1.4 % apart from step 4 on: AdamW hides some of the difference)
+PER_GROUP_CLIP = {"aggregator": 2.0, "depth_head": 0.2, "camera_head": 0.5}
+OLD_WARNING = "DeepSpeed clips the norm of all gradients together"
+
+
+def _per_group_overrides(dataset: Path, out: Path) -> list:
+    clip = ", ".join(f"{k}: {v}" for k, v in PER_GROUP_CLIP.items())
+    return _base_overrides(dataset, out) + [f"optim.clip_groups={{{clip}}}", "optim.clip_mode=per_group", "train.ckpt_every=0"]
+
+
+@pytest.fixture(scope="module")
+def per_group_reference(dataset, tmp_path_factory):
+    """One process, no DeepSpeed (optim.clip_gradients clips each group), the global batch in 2 accumulation steps."""
+    out = tmp_path_factory.mktemp("ref_per_group")
+    _single(_per_group_overrides(dataset, out) + ["train.grad_accum_steps=2"])
+    return out
+
+
+@pytest.mark.parametrize("ds_config", ["zero1", "zero2", "zero3", "zero2_offload"])
+def test_per_group_clipping_under_zero_equals_one_process(dataset, per_group_reference, tmp_path, ds_config):
+    """2 processes under ZeRO-1/2/3 (and ZeRO-2 with the optimizer offloaded to the CPU) clip each module group to
+    its own limit, as one process does: same losses, same pre-clip norms per group; no global-clipping warning."""
+    stage = int(ds_config[4])
+    result = _launch(_accelerate_config(tmp_path, stage, 2, port=free_port(), ds_config=REPO / "ds_configs" / f"{ds_config}.json"),
+                     _per_group_overrides(dataset, tmp_path))
+    output = result.stderr + result.stdout
+    assert OLD_WARNING not in output
+    assert not [line for line in output.splitlines() if "Warning" in line and "clip" in line.lower()]
+    ref, ds = _records(per_group_reference), _records(tmp_path)
+    assert [r["step"] for r in ref] == [r["step"] for r in ds] == [1, 2, 3, 4, 5, 6]
+    for ours, theirs in zip(ref, ds):
+        assert not theirs["skipped"]
+        assert theirs["loss"] == pytest.approx(ours["loss"], rel=2e-4, abs=1e-5), (ours["step"], ref, ds)
+        assert theirs["grad_norm"] == pytest.approx(ours["grad_norm"], rel=1e-3)  # DeepSpeed's global pre-clip norm
+        for group, limit in PER_GROUP_CLIP.items():
+            key = f"grad_norm_{group}"
+            assert ours[key] > limit and theirs[key] > limit, (key, ours, theirs)  # every group clips at every step
+            assert theirs[key] == pytest.approx(ours[key], rel=1e-3), (key, ours, theirs)
+    assert ref[-1]["loss"] < ref[0]["loss"]
+
+
+def test_resuming_a_checkpoint_with_other_param_groups_fails_clearly(dataset, zero2_run, tmp_path):
+    """A ZeRO checkpoint saved with clip_mode=global (or before per-group clipping under DeepSpeed) has its param
+    groups split by decay only; resuming it with per_group is refused with a message, not DeepSpeed's layout error."""
+    import shutil
+
+    ckpt = tmp_path / "old" / "step_00000006"
+    shutil.copytree(zero2_run / "checkpoints" / "step_00000006", ckpt)
+    result = _launch(_accelerate_config(tmp_path, 2, 2, port=free_port()),
+                     _per_group_overrides(dataset, tmp_path / "run") + [f"resume={ckpt}"], expect_ok=False)
+    assert result.returncode != 0
+    assert (f"{ckpt} holds an optimizer whose param groups are split by decay, and this run splits them by clip group "
+            f"(aggregator, depth_head, camera_head) and decay") in result.stderr, result.stderr[-3000:]
+    assert "vggt-train train: error: " in result.stderr  # our one-line error, not DeepSpeed's layout error
+    assert "parameter-alignment layout" not in result.stderr
+
+
+def test_per_group_param_groups_lie_in_one_clip_group_and_the_plain_split_is_unchanged():
+    from vggt_train.model import VGGT
+    from vggt_train.train.config import OptimConfig
+    from vggt_train.train.optim import build_optimizer, param_groups
+
+    model = VGGT.from_preset("tiny")
+    plain = param_groups(model, 0.05)
+    assert [g["weight_decay"] for g in plain] == [0.05, 0.0]  # without DeepSpeed: as before, decayed then not
+    split = param_groups(model, 0.05, PER_GROUP_CLIP)
+    names = {id(p): n for n, p in model.named_parameters()}
+    tops = [{names[id(p)].split(".")[0] if names[id(p)].split(".")[0] in PER_GROUP_CLIP else None for p in g["params"]}
+            for g in split]
+    assert all(len(t) == 1 for t in tops)
+    assert {t.pop() for t in tops} >= set(PER_GROUP_CLIP)
+    assert sorted(id(p) for g in split for p in g["params"]) == sorted(id(p) for g in plain for p in g["params"])
+    assert {id(p): g["weight_decay"] for g in split for p in g["params"]} == {id(p): g["weight_decay"] for g in plain for p in g["params"]}
+    # the optimizer is split only where DeepSpeed will clip per group
+    cfg = OptimConfig(clip_groups=dict(PER_GROUP_CLIP))
+    assert len(build_optimizer(model, cfg).param_groups) == 2
+    assert len(build_optimizer(model, cfg, sharded=True).param_groups) == len(split)
+    cfg.clip_mode = "global"
+    assert len(build_optimizer(model, cfg, sharded=True).param_groups) == 2
+
+
+def test_per_group_clipping_fails_clearly_where_deepspeed_cannot(monkeypatch):
+    """Never a silent fall-back to global clipping: ZeRO stage 0, a replaced step (ZenFlow-like), a DeepSpeed
+    group mixing clip groups and too old a DeepSpeed each fail with UnsupportedDeepSpeed naming
+    optim.clip_mode=global."""
+    import deepspeed
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    from vggt_train.train import clipping
+    from vggt_train.train.config import ConfigError
+
+    model = torch.nn.ModuleDict({"aggregator": torch.nn.Linear(2, 2), "camera_head": torch.nn.Linear(2, 2)})
+
+    class Engine:
+        def __init__(self, optimizer, stage):
+            self.module, self.optimizer, self.stage = model, optimizer, stage
+
+        def zero_optimization_stage(self):
+            return self.stage
+
+    def zero12(cls=DeepSpeedZeroOptimizer, groups=None):
+        opt = cls.__new__(cls)  # the real class, not built: install() only inspects it
+        opt.bit16_groups = groups or [list(model.aggregator.parameters()), list(model.camera_head.parameters())]
+        opt.single_partition_of_fp32_groups, opt.averaged_gradients, opt.cpu_offload = [], {}, False
+        opt.dp_process_group, opt.has_moe_layers, opt.model_parallel_group = None, False, None
+        opt.custom_loss_scaler, opt.loss_scaler = False, SimpleNamespace(cur_scale=1.0)  # behind the loss_scale property
+        return opt
+
+    def fails(engine, match):
+        with pytest.raises(clipping.UnsupportedDeepSpeed, match=match) as err:
+            clipping.install(engine, dict(PER_GROUP_CLIP))
+        assert "optim.clip_mode=global" in str(err.value) and isinstance(err.value, ConfigError)
+
+    clipper = clipping.install(Engine(zero12(), 2), dict(PER_GROUP_CLIP))  # the supported case installs
+    assert clipper.group_of == ["aggregator", "camera_head"]
+    assert "scaled_global_norm" in vars(clipper.opt) and "unscale_and_clip_grads" in vars(clipper.opt)
+    fails(Engine(torch.optim.AdamW(model.parameters()), 0), "ZeRO stage 0")
+    fails(Engine(zero12(groups=[list(model.parameters())]), 1), "mixes the clip groups")
+
+    class ZenFlowLike(DeepSpeedZeroOptimizer):
+        def step(self, closure=None):
+            pass
+
+    fails(Engine(zero12(ZenFlowLike), 2), "replaces DeepSpeedZeroOptimizer.step")
+    fails(Engine(clipper.opt, 2), "replaces DeepSpeedZeroOptimizer.scaled_global_norm")  # hooked twice
+    monkeypatch.setattr(deepspeed, "__version__", "0.13.5")
+    fails(Engine(zero12(), 2), r"deepspeed >= 0\.14")

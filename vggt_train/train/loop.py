@@ -20,10 +20,12 @@ import torch
 
 from vggt_train import kernels
 from vggt_train.data.finish import finish_batch
-from vggt_train.train import checkpointing
+from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
+from vggt_train.train import checkpointing, clipping, paths, run_info
 from vggt_train.train.config import TrainConfig, to_dict
+from vggt_train.train.device import DeviceChoice, check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
-from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, set_lr, trainable_clip_groups
+from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, param_group_layout, set_lr
 
 
 # Test hooks (never set them otherwise): simulate a crash after a step, a NaN loss on rank 0 at given steps, or
@@ -47,22 +49,28 @@ class TrainerState:
 
 
 # -- set-up ---------------------------------------------------------------------------------------------------
-def _process_group_backend() -> Optional[str]:
-    if torch.cuda.is_available():
-        return "nccl"
-    if kernels.npu_present():
-        return kernels.HCCL_BACKEND
-    return "gloo"  # CPU: DeepSpeed would otherwise try an accelerator backend
+def _process_group_backend(device_type: Optional[str] = None) -> str:
+    """The torch.distributed backend for this device type (default: the one train.device=auto picks here)."""
+    device_type = device_type or resolve_device("auto").type
+    return {"cuda": "nccl", "npu": kernels.HCCL_BACKEND}.get(device_type, "gloo")  # CPU: not an accelerator's
 
 
-def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
-    """An Accelerator whose DeepSpeed config (when launched with one) is filled from our config."""
+def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: Optional[DeviceChoice] = None):
+    """An Accelerator on `device` (default: train.device resolved here) whose DeepSpeed config (when launched with
+    one) is filled from our config."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+    device = device or resolve_device(cfg.train.device)
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise take a GPU it finds
+    try:  # accelerate launch passes its config's deepspeed_config_file relative to where it was started
+        paths.resolve_env_file("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the accelerate config's deepspeed_config_file")
+    except FileNotFoundError as exc:
+        raise TrainingError(f"{exc}; give an absolute path or launch from the repository root") from None
     handlers = []
     if "RANK" in os.environ or "LOCAL_RANK" in os.environ:  # started by a launcher: a process group is wanted
-        handlers.append(InitProcessGroupKwargs(backend=_process_group_backend(), timeout=datetime.timedelta(minutes=60)))
+        handlers.append(InitProcessGroupKwargs(backend=_process_group_backend(device.type), timeout=datetime.timedelta(minutes=60)))
     plugin_kwargs = {}
     if cfg.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
         # started by the deepspeed launcher rather than accelerate launch: bring our own plugin
@@ -73,7 +81,7 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
         **plugin_kwargs,
         # without an accelerator, accelerate sets up multi-process DDP (gloo) only when told it runs on the CPU;
         # under DeepSpeed that flag would replace DeepSpeed by DDP
-        cpu=_process_group_backend() == "gloo" and not plugin_kwargs and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
+        cpu=device.type == "cpu" and not plugin_kwargs and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         mixed_precision="no",  # we autocast ourselves so the heads can stay in float32 with fp32 master weights
         log_with="tensorboard",
@@ -92,25 +100,35 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int):
         ds["train_micro_batch_size_per_gpu"] = samples_per_rank_nominal
         ds["gradient_accumulation_steps"] = cfg.train.grad_accum_steps
         ds["train_batch_size"] = samples_per_rank_nominal * cfg.train.grad_accum_steps * accelerator.num_processes
-        ds["gradient_clipping"] = min(cfg.optim.clip_groups.values()) if cfg.optim.clip_groups else 0.0
+        # per_group: DeepSpeed clips nothing itself, clipping.install() clips each group inside its step
+        ds["gradient_clipping"] = min(cfg.optim.clip_groups.values()) if cfg.optim.clip_groups and cfg.optim.clip_mode == "global" else 0.0
         # DeepSpeed must not cast the model: weights stay fp32, activations go bf16 through autocast
         for key in ("bf16", "fp16"):
             ds.setdefault(key, {})["enabled"] = False
         ds.setdefault("steps_per_print", 10**9)
         plugin.gradient_accumulation_steps = cfg.train.grad_accum_steps
+        from vggt_train.train import compat  # an older torch's gloo lacks collectives ZeRO uses: built from others
+
+        compat.fit_deepspeed_to_gloo()
     return accelerator
 
 
-def build_model(cfg: TrainConfig):
-    """VGGT from the preset, the optional official checkpoint, frozen modules, checkpointing switch."""
-    from vggt_train.model import VGGT, load_pretrained, preset_config
+def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
+    """VGGT from the preset, the official weights (`checkpoint`: a local file, default model.checkpoint), frozen
+    modules, checkpointing switch."""
+    from vggt_train.model import VGGT, CheckpointMismatchError, load_pretrained, preset_config
 
     config = preset_config(cfg.model.preset)
     for head in cfg.model.disable_heads:
         setattr(config, head, None)
     model = VGGT(config)
-    if cfg.model.checkpoint:
-        load_pretrained(model, cfg.model.checkpoint, strict=cfg.model.strict_load, ignore_prefixes=tuple(f"{h}." for h in cfg.model.disable_heads))
+    checkpoint = checkpoint or cfg.model.checkpoint
+    if checkpoint:
+        try:
+            load_pretrained(model, checkpoint, strict=cfg.model.strict_load, ignore_prefixes=tuple(f"{h}." for h in cfg.model.disable_heads))
+        except (CheckpointMismatchError, ValueError, OSError) as exc:
+            text = " ".join(str(exc).split())
+            raise TrainingError(f"model.checkpoint: cannot load {checkpoint}: {text[:2000]}") from None
     model.gradient_checkpointing = cfg.model.gradient_checkpointing
     freeze_modules(model, cfg.model.frozen)
     return model
@@ -160,31 +178,33 @@ class Trainer:
         from vggt_train.train import data as train_data
 
         self.cfg = cfg
+        # first of all: a run that asked for an NPU/GPU and cannot have one stops here, before any data is read
+        self.device_choice = resolve_device(cfg.train.device)
         kernels.configure(cfg.kernels)
-        # before any process group: HCCL communicators bind to the current card, and the ND-format/binary-kernel
-        # options must hold before the first NPU tensor is made
-        kernels.setup_npu_if_present()
+        if self.device_choice.type == "npu":
+            # before any process group: HCCL communicators bind to the current card, and the ND-format/binary-kernel
+            # options must hold before the first NPU tensor is made
+            kernels.setup_npu()
+        # a Hub repo id is downloaded (or found in the hub cache) before the data is opened: a typo fails fast
+        self.checkpoint: Optional[ResolvedCheckpoint] = resolve_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
         self.data = train_data.TrainData(cfg)  # opens the dataset: a bad data.path fails before any model is built
-        self.accelerator = build_accelerator(cfg, self.data.nominal_samples_per_rank())
+        self.accelerator = build_accelerator(cfg, self.data.nominal_samples_per_rank(), self.device_choice)
         acc = self.accelerator
+        check_placement(self.device_choice, acc.device)
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg)
+        self.model = build_model(cfg, str(self.checkpoint.path) if self.checkpoint else None)
         self.loss_fn = MultitaskLoss(**{k: v for k, v in vars(cfg.loss).items()})
         # on the accelerator first: the kernel registry picks AdamW by parameter device; under DeepSpeed it must
         # not pick one that keeps gradient buffers (DeepSpeed rebinds its partitions' .grad every step)
         optimizer = build_optimizer(self.model, cfg.optim, device=acc.device,
                                     sharded=getattr(acc.state, "deepspeed_plugin", None) is not None)
         self.deepspeed = getattr(acc.state, "deepspeed_plugin", None) is not None
-        groups = trainable_clip_groups(self.model, cfg.optim)
-        if self.deepspeed and cfg.optim.clip_mode == "per_group" and len(groups) > 1 and acc.is_main_process:
-            warnings.warn(f"DeepSpeed clips the norm of all gradients together, at {min(cfg.optim.clip_groups.values())}; "
-                          f"the per-group clipping of optim.clip_groups ({', '.join(groups)}) runs only without DeepSpeed "
-                          f"(optim.clip_mode=global says you accept this)", stacklevel=2)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        # under DeepSpeed, per-group clipping hooks into its ZeRO optimizer (fails clearly where it cannot)
+        self.clipper = clipping.install(self.model, cfg.optim.clip_groups) if self.deepspeed and cfg.optim.clip_mode == "per_group" else None
         self.state = TrainerState()
         self.log = MetricsLog(cfg.output_dir, enabled=acc.is_main_process)
-        if acc.is_main_process:
-            acc.init_trackers("tensorboard")
+        self.resumed_from: Optional[str] = None
         self._flops_cache: Dict[tuple, float] = {}
         self.peak_tflops = cfg.train.peak_tflops or device_peak_tflops(acc.device)
 
@@ -203,10 +223,19 @@ class Trainer:
                                 f"{acc.num_processes}: DeepSpeed's sharded optimizer state cannot be re-split. Keep the "
                                 f"process count, or start a new run from the weights: vggt-train export {path} "
                                 f"model.safetensors, then model.checkpoint=model.safetensors (the optimizer restarts)")
+        layout, saved_layout = param_group_layout(cfg.optim, self.deepspeed), saved.get("param_groups", "by decay")
+        if layout != saved_layout:  # checkpoints from before per-group clipping under DeepSpeed split by decay only
+            raise TrainingError(f"{path} holds an optimizer whose param groups are split {saved_layout}, and this run "
+                                f"splits them {layout} (optim.clip_mode=per_group under DeepSpeed splits them by clip "
+                                f"group): the optimizer state cannot be loaded. Resume with the optim.clip_mode and "
+                                f"optim.clip_groups it was saved with (global clips all gradients together), or start a new "
+                                f"run from the weights: vggt-train export {path} model.safetensors, then "
+                                f"model.checkpoint=model.safetensors (the optimizer restarts)")
         acc.load_state(str(path))
         self.state = TrainerState(**{k: saved[k] for k in ("step", "skipped_steps", "nonfinite_in_row", "samples_seen")})
         self.data.load_state_dict(saved.get("data", {}))
         self.log.truncate_after(self.state.step)
+        self.resumed_from = f"{path} (step {self.state.step})"
         acc.print(f"[train] resumed from {path} at step {self.state.step}")
 
     def save_checkpoint(self) -> None:
@@ -222,7 +251,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {**vars(self.state), "data": self.data.state_dict(), "config": to_dict(cfg), "world_size": acc.num_processes,
-                     "time": time.time()}
+                     "param_groups": param_group_layout(cfg.optim, self.deepspeed), "time": time.time()}
             checkpointing.finalize(tmp, final, state)
             checkpointing.prune(cfg.output_dir, cfg.train.keep_last)
         acc.wait_for_everyone()
@@ -272,12 +301,17 @@ class Trainer:
             for k, v in zip(names, means.tolist()):
                 terms[k] = terms.get(k, 0.0) + v / accum
         grad_norm = float("nan")
+        group_norms: Dict[str, float] = {}  # pre-clip norm of each clip group (per_group clipping)
         if self.deepspeed:
             engine = self.model
             applied = engine.was_step_applied() if hasattr(engine, "was_step_applied") else True
             skipped = skipped or not applied
             norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
             grad_norm = float(norm) if norm is not None else float("nan")
+            if self.clipper is not None:
+                if not skipped:
+                    self.clipper.check_step()
+                group_norms = self.clipper.take_norms()
             if skipped and not _params_finite(self.model):
                 raise TrainingError("DeepSpeed applied a non-finite update (this DeepSpeed version does not skip "
                                     "overflowing fp32 steps); use deepspeed >= 0.14")
@@ -285,6 +319,7 @@ class Trainer:
             if not skipped:
                 norms = clip_gradients(acc.unwrap_model(self.model), cfg.optim)
                 grad_norm = norms["total"]
+                group_norms = {k: v for k, v in norms.items() if k != "total"}
                 skipped = _any_rank(acc, not math.isfinite(grad_norm))
             if not skipped:
                 self.optimizer.step()
@@ -305,6 +340,8 @@ class Trainer:
                   "samples_per_s": global_samples / step_time, "images_per_s": images * acc.num_processes / step_time,
                   "num_images": int(S), "samples": global_samples, "epoch": self.data.epoch(self.state.samples_seen),
                   "replaced_samples": round(float(_all_mean(acc, torch.tensor([float(replaced)]))[0]) * acc.num_processes)}
+        if not skipped:
+            record.update({f"grad_norm_{k}": v for k, v in group_norms.items()})
         mfu = self._mfu(int(S), batch["images"].shape[-2:], images * acc.num_processes / step_time / acc.num_processes)
         if mfu is not None:
             record["mfu"] = mfu
@@ -375,9 +412,28 @@ class Trainer:
         return {"step": self.state.step, "split": "val", "loss": out.get("objective", float("nan")), **out}
 
     # -- driver -----------------------------------------------------------------------------------------------
+    def announce(self) -> dict:
+        """The start-up banner on rank 0 (stdout), run_info.json and TensorBoard's text/hparams; returns the facts."""
+        acc = self.accelerator
+        warned = run_info.device_warnings(self.device_choice.type, self.cfg.train.device, self.cfg.model.preset)
+        info = run_info.collect(self, self.checkpoint.describe() if self.checkpoint else None, self.resumed_from, warned)
+        if acc.is_main_process:
+            banner = run_info.format_banner(info)
+            print(banner, flush=True)
+            for text in info["warnings"]:
+                warnings.warn(text, stacklevel=2)
+            run_info.write_json(info, self.cfg.output_dir)
+            acc.init_trackers("tensorboard", config=run_info.flat_hparams(info, to_dict(self.cfg)))
+            tracker = acc.get_tracker("tensorboard", unwrap=True)
+            if hasattr(tracker, "add_text"):
+                tracker.add_text("run_info", "\n".join("    " + line for line in banner.splitlines()), 0)  # indented: verbatim
+                tracker.flush()
+        return info
+
     def fit(self) -> TrainerState:
         acc, cfg = self.accelerator, self.cfg
         self.maybe_resume()
+        self.announce()
         stream = self.data.train_stream(acc.process_index, acc.num_processes, start_step=self.state.step)
         progress = None
         if acc.is_main_process and cfg.train.progress:

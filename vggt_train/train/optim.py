@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -31,20 +31,29 @@ def freeze_modules(model: nn.Module, patterns: List[str]) -> List[str]:
     return sorted(names)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+def param_groups(model: nn.Module, weight_decay: float, clip_groups: Optional[Iterable[str]] = None) -> List[dict]:
     """Trainable parameters split into decayed weights and undecayed ones: vectors (biases, norms, layer
-    scales) and learned tokens / position embeddings, which weight decay would pull towards zero for no gain."""
-    decay, no_decay = [], []
+    scales) and learned tokens / position embeddings, which weight decay would pull towards zero for no gain.
+
+    clip_groups: also split by clip group (top-level module name), in order of appearance, decayed group first,
+        so that every param group lies in one clip group (what per-group clipping under DeepSpeed needs: see
+        vggt_train.train.clipping). Without it: [decayed, undecayed].
+    """
+    names = set(clip_groups) if clip_groups is not None else set()
+    buckets: Dict[Optional[str], tuple] = {}  # clip group -> (decay, no_decay), in order of appearance
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        top = name.split(".")[0]
+        decay, no_decay = buckets.setdefault(top if top in names else None, ([], []))
         exempt = param.dim() < 2 or "token" in name or "pos_embed" in name
         (no_decay if exempt else decay).append(param)
     groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    for decay, no_decay in buckets.values():
+        if decay:
+            groups.append({"params": decay, "weight_decay": weight_decay})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
     if not groups:
         raise ConfigError("no trainable parameters: model.frozen froze everything")
     return groups
@@ -57,12 +66,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: Optional[Union[s
     device: move the model there first (in place, so the parameters stay the ones the optimiser holds): the
         registry selects the AdamW kernel by the parameters' device, and a model still on the CPU would get the
         CPU kernel on every accelerator.
-    sharded: DeepSpeed ZeRO will step flat partitions of these parameters (see kernels.make_adamw).
+    sharded: DeepSpeed ZeRO will step flat partitions of these parameters (see kernels.make_adamw); with
+        clip_mode=per_group the param groups are also split by clip group, which DeepSpeed then clips one by one
+        (vggt_train.train.clipping).
     """
     if device is not None:
         model.to(device)
-    return kernels.make_adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+    split = cfg.clip_groups if param_group_layout(cfg, sharded) != "by decay" else None
+    return kernels.make_adamw(param_groups(model, cfg.weight_decay, split), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                               weight_decay=cfg.weight_decay, sharded=sharded)
+
+
+def param_group_layout(cfg: OptimConfig, sharded: bool) -> str:
+    """How build_optimizer splits the param groups; a resumed optimizer state must have been saved with the same."""
+    if sharded and cfg.clip_mode == "per_group" and cfg.clip_groups:
+        return f"by clip group ({', '.join(cfg.clip_groups)}) and decay"
+    return "by decay"
 
 
 def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:

@@ -1,0 +1,93 @@
+"""DeepSpeed on the CPU (gloo) with an older torch: the flat-tensor collectives gloo lacks, built from ones it has.
+
+DeepSpeed's ZeRO gathers and scatters flat tensors with `all_gather_into_tensor` / `reduce_scatter_tensor`
+whenever torch defines them, whatever the backend. torch 2.1's gloo defines neither underneath
+("no support for _allgather_base in Gloo process group"), nor a list `reduce_scatter`. Which ones this torch's gloo
+lacks is probed once on a private one-process gloo group (no collective with the other ranks), and only those are
+replaced in DeepSpeed's communication backend: all-gather through gloo's list `all_gather` into views of the
+output, reduce-scatter through `all_reduce` of a copy. Both give the same values; on a torch whose gloo has the
+collectives nothing changes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from typing import FrozenSet, List
+
+import torch
+import torch.distributed as dist
+
+
+@functools.lru_cache(maxsize=None)
+def gloo_lacks() -> FrozenSet[str]:
+    """The flat collectives ("all_gather_into_tensor", "reduce_scatter_tensor") this torch's gloo does not run."""
+    try:
+        pg = dist.ProcessGroupGloo(dist.HashStore(), 0, 1, datetime.timedelta(seconds=30))
+    except Exception:  # no gloo in this build, or it cannot open a device here: nothing to say
+        return frozenset()
+    probes = {
+        "all_gather_into_tensor": lambda: pg._allgather_base(torch.zeros(1), torch.ones(1)).wait(),
+        "reduce_scatter_tensor": lambda: pg._reduce_scatter_base(torch.zeros(1), torch.ones(1)).wait(),
+    }
+    lacking = []
+    for name, probe in probes.items():
+        try:
+            probe()
+        except (RuntimeError, AttributeError, NotImplementedError):
+            lacking.append(name)
+    return frozenset(lacking)
+
+
+class _Done:
+    """The handle of a collective that already finished (what an async caller waits on)."""
+
+    def wait(self, *args, **kwargs) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
+        return True
+
+
+def all_gather_into_tensor_by_list(output_tensor, input_tensor, group=None, async_op=False):
+    """`all_gather_into_tensor` through the list `all_gather`, writing into views of `output_tensor`."""
+    world = dist.get_world_size(group)
+    chunks = list(output_tensor.view(world, -1).unbind(0)) if output_tensor.is_contiguous() else None
+    if chunks is None:
+        raise RuntimeError("all_gather_into_tensor (gloo emulation): the output tensor must be contiguous")
+    work = dist.all_gather(chunks, input_tensor.reshape(-1), group=group, async_op=async_op)
+    return work if async_op else None
+
+
+def reduce_scatter_tensor_by_all_reduce(output_tensor, input_tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+    """`reduce_scatter_tensor` through `all_reduce` of a copy of the input; this rank keeps its chunk."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    reduced = input_tensor.detach().clone().reshape(-1)
+    dist.all_reduce(reduced, op=op, group=group)
+    output_tensor.view(-1).copy_(reduced.view(world, -1)[rank])
+    return _Done() if async_op else None
+
+
+def fit_deepspeed_to_gloo() -> List[str]:
+    """Replace, in DeepSpeed's communication backend, the flat collectives this torch's gloo lacks (only when the
+    default process group is gloo and DeepSpeed's backend is up). Returns the names replaced."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() != "gloo":
+        return []
+    lacking = gloo_lacks()
+    if not lacking:
+        return []
+    try:
+        from deepspeed.comm import comm as ds_comm
+    except ImportError:
+        return []
+    cdb = getattr(ds_comm, "cdb", None)
+    if cdb is None:
+        return []
+    replaced = []
+    if "all_gather_into_tensor" in lacking and getattr(cdb, "all_gather_function", None) is not None:
+        cdb.all_gather_function = all_gather_into_tensor_by_list
+        replaced.append("all_gather_into_tensor")
+    if "reduce_scatter_tensor" in lacking and getattr(cdb, "reduce_scatter_function", None) is not None:
+        cdb.reduce_scatter_function = reduce_scatter_tensor_by_all_reduce
+        replaced.append("reduce_scatter_tensor")
+    return replaced
