@@ -65,6 +65,15 @@ def test_overrides_are_typed_and_merge_into_sections():
         ("optim.clip_mode=norm", "optim.clip_mode"),
         ("loss.camera.wieght=3", "loss: camera loss: unknown option.*wieght"),
         ("loss.depth.weight=heavy", "loss:"),
+        ("optim.lr=.inf", "optim.lr=inf must be a finite number > 0"),
+        ("optim.lr=.nan", "optim.lr=nan must be a finite number > 0"),
+        ("optim.end_lr=-1", "optim.end_lr=-1.0 must be a finite number >= 0"),
+        ("optim.start_lr=-1", "optim.start_lr=-1.0 must be a finite number >= 0"),
+        ("optim.eps=-1", "optim.eps=-1.0 must be a finite number > 0"),
+        ("optim.eps=0", "optim.eps=0.0 must be a finite number > 0"),
+        ("train.seed=-1", "train.seed=-1 must be in"),
+        ("train.peak_tflops=-3", "train.peak_tflops=-3.0 must be"),
+        ("data.patch_size=16", "data.patch_size=16 must be the model's patch size"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_field(override, field):
@@ -202,3 +211,9 @@ def test_a_data_path_without_shards_is_a_config_error(tmp_path):
     cfg = load_config(None, [f"data.path={tmp_path}"])
     with pytest.raises(ConfigError, match="data.path=.*convert-co3d"):
         TrainData(cfg)
+
+
+def test_an_output_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(ConfigError, match="output_dir=.*out' exists and is not a directory"):
+        load_config(None, ["data.path=/d", f"output_dir={tmp_path / 'out'}"])

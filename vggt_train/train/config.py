@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin, get_type_hints
@@ -302,7 +303,7 @@ def validate(c: TrainConfig) -> None:
     # torch-heavy modules: imported when a config is validated, so reading one (--print-config) stays light
     from vggt_train.data.finish import TARGET_KEYS
     from vggt_train.losses import SUPERVISION, MultitaskLoss
-    from vggt_train.model.config import PRESETS
+    from vggt_train.model.config import PRESETS, preset_config
     from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
     from vggt_train.train.device import CHOICES as DEVICE_CHOICES
 
@@ -331,7 +332,9 @@ def validate(c: TrainConfig) -> None:
     if d.raw_annotation_dir is not None:
         need(Path(d.raw_annotation_dir).is_dir(), f"data.raw_annotation_dir={d.raw_annotation_dir!r}: directory not found")
         need(Path(d.path).is_dir(), f"data.path={d.path!r}: the raw Co3D directory was not found")
-    need(d.patch_size > 0, f"data.patch_size={d.patch_size} must be > 0")
+    model_patch = preset_config(c.model.preset).aggregator.patch_size
+    need(d.patch_size == model_patch, f"data.patch_size={d.patch_size} must be the model's patch size ({model_patch} for "
+                                      f"model.preset={c.model.preset})")
     need(d.img_size > 0 and d.img_size % d.patch_size == 0, f"data.img_size={d.img_size} must be a positive multiple of data.patch_size={d.patch_size}")
     need(len(d.img_nums) == 2 and 1 <= d.img_nums[0] <= d.img_nums[1], f"data.img_nums={d.img_nums} must be [min, max] with 1 <= min <= max")
     need(d.max_img_per_gpu >= d.img_nums[1], f"data.max_img_per_gpu={d.max_img_per_gpu} must be >= data.img_nums max {d.img_nums[1]} (at least one sample per GPU)")
@@ -361,14 +364,26 @@ def validate(c: TrainConfig) -> None:
         need(0 <= j.hue <= 0.5, f"data.aug.color_jitter.hue={j.hue} must be in [0, 0.5]")
         need(0 <= j.p <= 1, f"data.aug.color_jitter.p={j.p} must be in [0, 1]")
     o = c.optim
-    need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
-    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    # nan compares false with everything, so each range check also refuses nan; inf is refused explicitly
+    need(math.isfinite(o.lr) and o.lr > 0, f"optim.lr={o.lr} must be a finite number > 0")
+    for name in ("start_lr", "end_lr"):
+        value = getattr(o, name)
+        need(math.isfinite(value) and value >= 0, f"optim.{name}={value} must be a finite number >= 0 (a negative "
+                                                  f"learning rate climbs the loss)")
+    need(math.isfinite(o.eps) and o.eps > 0, f"optim.eps={o.eps} must be a finite number > 0")
+    need(math.isfinite(o.weight_decay) and o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be a finite number >= 0")
     need(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must be two numbers in [0, 1)")
-    need(all(v > 0 for v in o.clip_groups.values()), f"optim.clip_groups={o.clip_groups}: max norms must be > 0")
+    need(all(math.isfinite(v) and v > 0 for v in o.clip_groups.values()), f"optim.clip_groups={o.clip_groups}: max norms must be finite and > 0")
     need(o.clip_mode in ("per_group", "global"), f"optim.clip_mode={o.clip_mode!r}; choose per_group or global")
     t = c.train
     need(t.max_steps > 0, f"train.max_steps={t.max_steps} must be > 0")
+    need(0 <= t.seed < 2**32, f"train.seed={t.seed} must be in [0, 2**32)")
+    need(t.val_every >= 0 and t.val_steps >= 1, f"train.val_every={t.val_every} must be >= 0 and train.val_steps={t.val_steps} >= 1")
+    if t.peak_tflops is not None:
+        need(math.isfinite(t.peak_tflops) and t.peak_tflops > 0, f"train.peak_tflops={t.peak_tflops} must be a finite number > 0 (or null)")
+    out = Path(c.output_dir)
+    need(not out.exists() or out.is_dir(), f"output_dir={c.output_dir!r} exists and is not a directory")
     need(t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
     need(t.mixed_precision != "fp16", "train.mixed_precision=fp16 is not supported: float16 gradients underflow without "
                                       "loss scaling, which this trainer does not do; use bf16 (Ascend 910B, A100/H100) or no")
