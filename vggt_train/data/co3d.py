@@ -42,7 +42,28 @@ REASONS = {
     "corrupt_mask": "depth mask PNG cannot be decoded",
     "size_mismatch": "image, depth and mask sizes differ",
     "too_few_frames": "sequence fell below --min-frames after skipping bad frames",
+    "annotation_too_large": "annotation file decompresses to more than VGGT_TRAIN_MAX_ANNOTATION_MB (a gzip bomb?)",
+    "not_a_regular_file": "an image/depth/mask/annotation path is a device, FIFO, socket or directory",
+    "file_too_large": "an image/depth/mask file is larger than VGGT_TRAIN_MAX_FRAME_FILE_MB",
 }
+
+# Resource caps on raw input (environment variables, so spawned workers see them too).
+# Annotation files: a Co3D frame entry is ~350 bytes of JSON and the largest category-split file holds well under
+# 100k frames (< 40 MB), so 256 MiB is a wide margin while a gzip bomb stops at 256 MiB instead of exhausting RAM
+# (json.loads of the text costs several times its size again).
+MAX_ANNOTATION_ENV = "VGGT_TRAIN_MAX_ANNOTATION_MB"
+DEFAULT_MAX_ANNOTATION_MB = 256
+# Image / depth / mask files: Co3D's are a few MB at most; 256 MiB bounds what one frame can make a worker hold.
+MAX_FRAME_FILE_ENV = "VGGT_TRAIN_MAX_FRAME_FILE_MB"
+DEFAULT_MAX_FRAME_FILE_MB = 256
+
+
+def _limit_bytes(env: str, default_mb: float) -> int:
+    try:
+        mb = float(os.environ.get(env, "") or default_mb)
+    except ValueError:
+        mb = default_mb
+    return max(1, int(mb * (1 << 20)))
 
 _PNG_IEND = b"IEND\xaeB`\x82"
 DEPTH_MAX_PERCENTILE = 98.0
@@ -90,11 +111,63 @@ def find_categories(annotation_dir: str, splits: tuple[str, ...] | list[str]) ->
     return sorted(found)
 
 
-def load_annotation_file(path: str) -> dict[str, list[Any]]:
-    """{sequence_name: [frame entry, ...]} from a .jgz file; raises BadInput('malformed_annotation_file')."""
+def check_regular_file(path: str, missing_reason: str, max_bytes: int | None = None) -> os.stat_result:
+    """os.stat of `path` (symlinks followed) if it is a regular file within `max_bytes`; else BadInput with
+    `missing_reason`, 'not_a_regular_file' (never opened: a FIFO would block, /dev/zero never ends) or
+    'file_too_large'."""
+    import stat
+
     try:
-        with gzip.open(path, "rb") as f:
-            data = json.loads(f.read())
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInput(path, missing_reason, "no such file") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(path, missing_reason, f"{type(exc).__name__}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("directory" if stat.S_ISDIR(st.st_mode) else "FIFO" if stat.S_ISFIFO(st.st_mode) else "device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "special file")
+        raise BadInput(path, "not_a_regular_file", f"a {kind}, not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise BadInput(path, "file_too_large", f"{st.st_size} bytes > limit {max_bytes} ({MAX_FRAME_FILE_ENV})")
+    return st
+
+
+def _open_regular(path: str):
+    """A binary file object of `path`, opened non-blocking and re-checked with fstat (so a FIFO swapped in after
+    the stat cannot block the open)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadInput(path, "not_a_regular_file", "changed into a special file while being opened")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def load_annotation_file(path: str, max_bytes: int | None = None) -> dict[str, list[Any]]:
+    """{sequence_name: [frame entry, ...]} from a .jgz file; raises BadInput('malformed_annotation_file'),
+    'not_a_regular_file', or 'annotation_too_large' when it decompresses to more than `max_bytes` (default
+    VGGT_TRAIN_MAX_ANNOTATION_MB, 256 MiB): the decompression stops there, so a gzip bomb costs at most that."""
+    limit = max_bytes if max_bytes is not None else _limit_bytes(MAX_ANNOTATION_ENV, DEFAULT_MAX_ANNOTATION_MB)
+    check_regular_file(path, "missing_annotation_file")
+    try:
+        with _open_regular(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            chunks, total = [], 0
+            while True:
+                block = f.read(min(1 << 22, limit + 1 - total))
+                if not block:
+                    break
+                chunks.append(block)
+                total += len(block)
+                if total > limit:
+                    raise BadInput(path, "annotation_too_large", f"decompresses to more than {limit} bytes "
+                                   f"({MAX_ANNOTATION_ENV}={limit / (1 << 20):g})")
+            text = b"".join(chunks)
+            del chunks
+            data = json.loads(text)
     except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
         raise BadInput(path, "malformed_annotation_file", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
@@ -151,9 +224,15 @@ def check_camera(entry: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------------------- files
 def _read_bytes(path: str, missing_reason: str) -> bytes:
+    """Contents of a regular file of at most VGGT_TRAIN_MAX_FRAME_FILE_MB (see check_regular_file)."""
+    limit = _limit_bytes(MAX_FRAME_FILE_ENV, DEFAULT_MAX_FRAME_FILE_MB)
+    check_regular_file(path, missing_reason, limit)
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        with _open_regular(path) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:  # grew since the stat
+            raise BadInput(path, "file_too_large", f"more than {limit} bytes ({MAX_FRAME_FILE_ENV})")
+        return data
     except FileNotFoundError:
         raise BadInput(path, missing_reason, "no such file") from None
     except OSError as exc:
@@ -298,8 +377,8 @@ def probe_frame_bytes(co3d_dir: str, entry: Any, max_side: int | None) -> float 
     """Estimated stored bytes of one frame (JPEG + float16 depth), from the file size and JPEG header only."""
     try:
         image_path, _, _ = frame_paths(co3d_dir, entry["filepath"])
-        size = os.path.getsize(image_path)
-        with Image.open(image_path) as im:
+        size = check_regular_file(image_path, "missing_image", _limit_bytes(MAX_FRAME_FILE_ENV, DEFAULT_MAX_FRAME_FILE_MB)).st_size
+        with _open_regular(image_path) as f, Image.open(f) as im:  # the header only
             w, h = im.size
     except Exception:
         return None

@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from vggt_train.data import co3d
@@ -126,8 +126,9 @@ def make_plan(opts: Options) -> dict:
                     raise ConvertError(f"{path}: missing_annotation_file [--strict]")
                 plan["problems"].append(_record(split, category, None, None, path, "missing_annotation_file"))
                 continue
-            plan["inputs"][os.path.basename(path)] = _sha256_file(path)
             try:
+                co3d.check_regular_file(path, "missing_annotation_file")  # a FIFO would hang the hash below
+                plan["inputs"][os.path.basename(path)] = _sha256_file(path)
                 annotation = co3d.load_annotation_file(path)
             except co3d.BadInput as exc:
                 if opts.strict:
@@ -219,6 +220,10 @@ def load_part_manifest(path: str) -> dict:
     if not ok:
         raise ConvertError(f"{path}: part manifest lacks the expected {{'fingerprint', 'shards': {{path: {{'bytes', "
                            f"'sha256', 'rows', 'sequences', ...}}}}}} structure; it was damaged or edited by hand")
+    from vggt_train.data.safe_names import safe_join
+
+    for rel in manifest["shards"]:  # keys are paths under OUT: resume stats them, merge-shards renames them
+        safe_join(".", rel, path, ConvertError)
     return manifest
 
 
@@ -383,6 +388,10 @@ class _Annotations:
         key = (split, category)
         if key not in self.cache:
             path = co3d.annotation_path(self.opts.annotation_dir, category, split)
+            try:
+                co3d.check_regular_file(path, "missing_annotation_file")
+            except co3d.BadInput as exc:
+                raise ConvertError(f"{exc}; restart the conversion into a new --out") from None
             if _sha256_file(path) != self.plan["inputs"].get(os.path.basename(path)):
                 raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")
             self.cache[key] = co3d.load_annotation_file(path)

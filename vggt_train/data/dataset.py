@@ -86,6 +86,10 @@ class BadFrame(Exception):
         super().__init__(f"{where}: field {field!r}: {detail}")
 
 
+class ShardReadError(RuntimeError):
+    """A row of a converted shard cannot be read (damaged buffers); the message names the shard and the row."""
+
+
 class FrameSource:
     """What MultiViewDataset reads from. Subclasses set `sequences` and implement num_frames / read_frame."""
 
@@ -147,12 +151,22 @@ class _ShardRows:
                                       type=image_type[image_field].type)
         self.depth, self.height, self.width, self.frame = (table.column(n) for n in ("depth", "height", "width", "frame"))
         self.extrinsic, self.intrinsic = _storage(table.column("extrinsic")), _storage(table.column("intrinsic"))
+        # One byte per chunk: set once the chunk's buffers passed validate(full=True). Damaged offsets would
+        # otherwise make a read crash the process (or slice out of bounds) instead of raising.
+        self.validated = bytearray(len(lengths))
+
+    def _validate(self, ci: int) -> None:
+        for col in (self.image, self.depth, self.height, self.width, self.frame, self.extrinsic, self.intrinsic):
+            col.chunk(ci).validate(full=True)
+        self.validated[ci] = 1
 
     def read(self, row: int) -> Dict[str, Any]:
         """Row `row` of the table: image / depth (pa.Buffer, zero-copy) and extrinsic / intrinsic (float64
         arrays) are None where null; height, width and frame as Python ints."""
         ci = bisect.bisect_right(self.starts, row) - 1
         i = row - self.starts[ci]
+        if not self.validated[ci]:
+            self._validate(ci)
         return {
             "image": _binary(self.image.chunk(ci), i),
             "depth": _binary(self.depth.chunk(ci), i),
@@ -174,6 +188,8 @@ def _binary(arr, i: int):
     _, offsets, data = arr.buffers()
     kind = np.dtype(np.int64 if pa.types.is_large_binary(arr.type) else np.int32)
     start, stop = (int(x) for x in np.frombuffer(offsets, kind, count=2, offset=(arr.offset + i) * kind.itemsize))
+    if not 0 <= start <= stop <= (0 if data is None else data.size):
+        raise ValueError(f"value offsets {start}..{stop} outside the {0 if data is None else data.size}-byte data buffer")
     return pa.py_buffer(b"") if data is None else data.slice(start, stop - start)
 
 
@@ -243,7 +259,11 @@ class ShardSource(FrameSource):
         if not 0 <= position < len(rows):
             raise IndexError(f"frame position {position} out of range for {sequence} with {len(rows)} frames")
         where = self._where(sequence, position, row)
-        r = self._rows.read(row)
+        try:
+            r = self._rows.read(row)
+        except Exception as exc:  # damaged buffers: one line naming the shard and the row, not a pyarrow traceback
+            raise ShardReadError(f"{where}: cannot read the row ({type(exc).__name__}: {exc}); the shard is damaged "
+                                 f"(run `vggt-train verify-dataset`)") from None
         for name, what in (("image", "image bytes"), ("depth", "depth bytes"), ("extrinsic", "camera"), ("intrinsic", "camera")):
             if r[name] is None:
                 raise BadFrame(where, name, f"no {what} (null)")

@@ -30,6 +30,13 @@ def _load_plan(out: str) -> dict:
             and isinstance(plan.get("fingerprint"), str)):
         raise MergeError(f"{path}: the conversion plan lacks its 'splits'/'options'/'fingerprint'; it was damaged or "
                          f"edited by hand")
+    from vggt_train.data.safe_names import plain_name
+
+    splits = plan["options"].get("splits")
+    if not isinstance(splits, list):
+        raise MergeError(f"{path}: the conversion plan lacks its options' 'splits' list; it was damaged or edited by hand")
+    for split in splits:  # split names become directories under OUT
+        plain_name(split, path, MergeError)
     return plan
 
 

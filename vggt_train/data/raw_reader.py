@@ -81,11 +81,7 @@ class RawCo3DSource(FrameSource):
         try:
             image_path, depth_path, mask_path = co3d.frame_paths(self.co3d_dir, filepath)
             extri, intri = co3d.check_camera({"extri": self._extri[sequence][position], "intri": self._intri[sequence][position]}, filepath)
-            try:
-                with open(image_path, "rb") as f:
-                    jpeg = f.read()
-            except OSError as exc:
-                raise co3d.BadInput(image_path, "missing_image", f"{type(exc).__name__}: {exc}") from None
+            jpeg = co3d._read_bytes(image_path, "missing_image")  # regular files within the size cap only
             depth = co3d.official_depth(co3d.read_depth_png(depth_path), co3d.read_mask_png(mask_path))
         except co3d.BadInput as exc:
             where = f"{exc.path} (sequence {sequence}, frame {position})"

@@ -18,22 +18,186 @@ import numpy as np
 from vggt_train.data.schema import INDEX_FILE
 
 
+class ShardError(ValueError):
+    """A shard that cannot be read (truncated, damaged schema or buffers): the message names the shard."""
+
+
+def split_data_files(path: str) -> list[str]:
+    """The shard names that state.json of split `path` lists, each checked to be a plain file name in `path`
+    (load_from_disk opens them)."""
+    from vggt_train.data.safe_names import plain_name
+
+    state_path = os.path.join(path, "state.json")
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+        files = state["_data_files"]
+        names = [d["filename"] for d in files]
+    except FileNotFoundError:
+        raise ValueError(f"{state_path}: missing (not a converted split)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{state_path}: lacks a readable '_data_files' list ({type(exc).__name__}: {exc})") from None
+    for name in names:
+        plain_name(name, state_path)
+    return names
+
+
+def open_shard(path: str):
+    """The pa.Table of one Arrow stream shard, every record batch checked with validate(full=True) before any
+    value is touched (damaged offsets would otherwise crash the process); raises ShardError naming the shard."""
+    import pyarrow as pa
+
+    from vggt_train.data.schema import arrow_schema
+
+    arrow_schema()  # registers datasets' Array2D extension type before reading
+    batches, rows = [], 0
+    try:
+        with pa.memory_map(path) as source:
+            reader = pa.ipc.open_stream(source)
+            schema = reader.schema
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                batch.validate(full=True)
+                batches.append(batch)
+                rows += batch.num_rows
+    except Exception as exc:
+        where = f" at record batch {len(batches)} (after row {rows})" if batches or rows else ""
+        raise ShardError(f"{path}: not a readable Arrow shard{where} ({type(exc).__name__}: {exc})") from None
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def index_problems(index, num_rows: int, source: str, num_shards: int | None = None, sequence_at=None) -> list[str]:
+    """What is wrong with a parsed sequence_index.json against a split of `num_rows` rows ([] if nothing).
+
+    Entries must tile the rows in order: start of the first is 0, each starts where the previous ended,
+    num_frames >= 1, the last ends at num_rows; names are unique; `shard` is an index < num_shards.
+    `sequence_at(row)` (optional) gives the stored sequence of a row: the first and last row of each entry are
+    checked against its name (a cheap check; verify-dataset compares every row).
+    """
+    if not isinstance(index, dict) or not isinstance(index.get("sequences"), list):
+        return [f"{source}: lacks {{'sequences': [{{'sequence', 'category', 'start', 'num_frames', 'shard'}}]}}"]
+    problems: list[str] = []
+    if index.get("num_rows") != num_rows:
+        problems.append(f"{source}: lists {index.get('num_rows')!r} rows, the shards hold {num_rows}")
+    end, seen = 0, set()
+
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    for k, e in enumerate(index["sequences"]):
+        where = f"{source}: entry {k}"
+        if not (isinstance(e, dict) and isinstance(e.get("sequence"), str) and isinstance(e.get("category"), str)
+                and is_int(e.get("start")) and is_int(e.get("num_frames")) and is_int(e.get("shard"))):
+            problems.append(f"{where}: not {{'sequence': str, 'category': str, 'start': int, 'num_frames': int, "
+                            f"'shard': int}} ({str(e)[:120]})")
+            break
+        where = f"{where} ({e['sequence']})"
+        start, n = e["start"], e["num_frames"]
+        if e["sequence"] in seen:
+            problems.append(f"{where}: sequence listed twice")
+        seen.add(e["sequence"])
+        if n < 1:
+            problems.append(f"{where}: num_frames {n} < 1")
+        if start != end:
+            problems.append(f"{where}: start {start}, but the previous entry ends at row {end} (entries must be "
+                            f"contiguous and in row order)")
+        if start < 0 or start + n > num_rows:
+            problems.append(f"{where}: rows {start}..{start + n - 1} outside the split's {num_rows} rows")
+        if num_shards is not None and not 0 <= e["shard"] < num_shards:
+            problems.append(f"{where}: shard {e['shard']} is not one of the split's {num_shards} shards")
+        if problems:
+            break
+        if sequence_at is not None:
+            for row in (start, start + n - 1):
+                got = sequence_at(row)
+                if got != e["sequence"]:
+                    problems.append(f"{where}: row {row} holds sequence {got!r}")
+                    break
+            if problems:
+                break
+        end = start + n
+    if not problems and end != num_rows:
+        problems.append(f"{source}: entries cover rows 0..{end - 1}, the split has {num_rows}")
+    return problems
+
+
 class Co3DSplit:
-    """One split of a converted dataset (a `load_from_disk` directory), memory-mapped; cheap to pickle into workers."""
+    """One split of a converted dataset (a `load_from_disk` directory), memory-mapped; cheap to pickle into workers.
+
+    Opening checks what a damaged or hostile split could abuse: state.json's shard names stay in the split
+    directory, every shard reads (a failure names the shard), sequence_index.json tiles the rows (index_problems).
+    """
 
     def __init__(self, path: str):
         import datasets
 
         self.path = path
-        self.dataset = datasets.load_from_disk(path)
+        names = split_data_files(path)
+        try:
+            self.dataset = datasets.load_from_disk(path)
+        except Exception as exc:
+            for name in names:  # name the shard: load_from_disk's errors do not
+                open_shard(os.path.join(path, name))
+            raise ValueError(f"{path}: datasets.load_from_disk fails ({type(exc).__name__}: {exc})") from None
         # Arrow format: rows come back as pyarrow tables over the memory map, nothing becomes a Python object.
         self._table = self.dataset.with_format("arrow")
-        with open(os.path.join(path, INDEX_FILE)) as f:
-            index = json.load(f)
-        if index["num_rows"] != len(self.dataset):
-            raise ValueError(f"{path}: {INDEX_FILE} lists {index['num_rows']} rows, the shards hold {len(self.dataset)}")
+        index_path = os.path.join(path, INDEX_FILE)
+        try:
+            with open(index_path) as f:
+                index = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{index_path}: not readable JSON ({type(exc).__name__}: {exc})") from None
+        problems = index_problems(index, len(self.dataset), index_path, len(names), self._sequence_reader(names))
+        if problems:
+            raise ValueError(problems[0])
         self.sequences: list[str] = [s["sequence"] for s in index["sequences"]]
         self._index = {s["sequence"]: s for s in index["sequences"]}
+        self._names = names
+
+    def _validate(self, sequence: str, rows: list[int]) -> None:
+        """Damaged offsets would crash the take/slice of read_rows: each record batch holding `rows` passes
+        validate(full=True) once (then is remembered, one byte per batch); else ShardError naming shard and rows."""
+        import bisect
+
+        table = getattr(self.dataset.data, "table", self.dataset.data)
+        for row in rows:
+            ci = bisect.bisect_right(self._starts, row) - 1
+            if self._validated[ci]:
+                continue
+            a, b = self._starts[ci], self._starts[ci + 1]
+            try:
+                table.slice(a, b - a).validate(full=True)
+            except Exception as exc:
+                shard = os.path.join(self.path, self._names[self._index[sequence]["shard"]])
+                raise ShardError(f"{shard} (sequence {sequence}, row {row}, in the record batch of dataset rows "
+                                 f"{a}..{b - 1}): damaged ({type(exc).__name__}: {exc}); run `vggt-train verify-dataset`") from None
+            self._validated[ci] = 1
+
+    def _sequence_reader(self, names: list[str]):
+        """row -> the row's `sequence` value (validated column; O(log chunks) per row)."""
+        import bisect
+        import itertools
+
+        table = getattr(self.dataset.data, "table", self.dataset.data)
+        col = table.column("sequence")
+        try:
+            col.validate(full=True)
+        except Exception:
+            for name in names:
+                open_shard(os.path.join(self.path, name))
+            raise ValueError(f"{self.path}: the 'sequence' column is damaged") from None
+        starts = list(itertools.accumulate([0] + [len(c) for c in col.chunks]))
+        self._starts = starts
+        self._validated = bytearray(len(starts) - 1)  # per record batch: passed validate(full=True)
+
+        def sequence_at(row: int):
+            ci = bisect.bisect_right(starts, row) - 1
+            return col.chunk(ci)[row - starts[ci]].as_py()
+
+        return sequence_at
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -67,7 +231,9 @@ class Co3DSplit:
         pos = list(range(len(r))) if positions is None else [int(p) for p in positions]
         if any(not 0 <= p < len(r) for p in pos):
             raise IndexError(f"positions {pos} out of range for {sequence} with {len(r)} frames")
-        return read_rows(self._table, [r.start + p for p in pos], decode_images) | {"category": self.category(sequence)}
+        rows = [r.start + p for p in pos]
+        self._validate(sequence, rows)
+        return read_rows(self._table, rows, decode_images) | {"category": self.category(sequence)}
 
 
 def _fixed_matrix(column, shape: tuple[int, int]) -> np.ndarray:

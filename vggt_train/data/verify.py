@@ -25,34 +25,44 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
 
     Worker-safe (spawned processes call it). `runs` lists consecutive same-sequence rows, for the index check.
     """
-    import pyarrow as pa
-
     from vggt_train.data.schema import arrow_schema
 
     name = os.path.basename(path)
     errors: list[str] = []
     runs: list[list] = []
     if not os.path.exists(path):
-        return {"errors": [f"{name}: missing"], "runs": runs}
+        return {"errors": [f"{name}: missing"], "runs": runs, "unreadable": True}
     size = os.path.getsize(path)
     if size != expected["bytes"]:
         errors.append(f"{name}: {size} bytes, manifest says {expected['bytes']} (truncated or replaced)")
-    expected_schema = arrow_schema()  # also registers datasets' Array2D extension type before reading
+    arrow_schema()  # registers datasets' Array2D extension type before reading
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     if h.hexdigest() != expected["sha256"]:
         errors.append(f"{name}: sha256 {h.hexdigest()[:16]}... != manifest {expected['sha256'][:16]}...")
+    from vggt_train.data.reader import ShardError, open_shard
+
     try:
-        with pa.memory_map(path) as source:
-            table = pa.ipc.open_stream(source).read_all()
-    except Exception as exc:
-        return {"errors": errors + [f"{name}: not a readable Arrow stream ({type(exc).__name__}: {exc})"], "runs": runs}
+        table = open_shard(path)  # every record batch passes validate(full=True) before a value is read
+    except ShardError as exc:
+        return {"errors": errors + [str(exc).replace(path, name, 1)], "runs": runs, "unreadable": True}
+    try:
+        _check_table(table, name, expected, decode, errors, runs)
+    except Exception as exc:  # never crash the whole verification on one odd shard
+        errors.append(f"{name}: reading the rows failed ({type(exc).__name__}: {exc})")
+    return {"errors": errors, "runs": runs}
+
+
+def _check_table(table, name: str, expected: dict, decode: bool, errors: list, runs: list) -> None:
+    from vggt_train.data.schema import arrow_schema
+
+    expected_schema = arrow_schema()
     if not table.schema.equals(expected_schema, check_metadata=True):
         diff = [f.name for f in expected_schema if f.name not in table.schema.names or table.schema.field(f.name) != f]
         errors.append(f"{name}: schema differs from the expected one (columns {diff or 'metadata'})")
-        return {"errors": errors, "runs": runs}
+        return
     if table.num_rows != expected["rows"]:
         errors.append(f"{name}: {table.num_rows} rows, manifest says {expected['rows']}")
     cols = {c: table.column(c) for c in ("sequence", "frame", "height", "width")}
@@ -96,7 +106,6 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
                         errors.append(f"{where}: image {im.size[1]}x{im.size[0]} but height/width {hs[i]}x{ws[i]}")
             except Exception as exc:
                 errors.append(f"{where}: image does not decode ({type(exc).__name__}: {exc})")
-    return {"errors": errors, "runs": runs}
 
 
 def _split_tasks(root: str, split: str, info: dict) -> list[tuple[str, dict]]:
@@ -116,12 +125,14 @@ def _read_json(path: str, rel: str, errors: list[str]):
 
 
 def _manifest_ok(manifest) -> bool:
+    from vggt_train.data.safe_names import is_plain_name
+
     def shard_ok(f):
-        return (isinstance(f, dict) and isinstance(f.get("filename"), str) and os.path.basename(f["filename"]) == f["filename"]
+        return (isinstance(f, dict) and is_plain_name(f.get("filename"))
                 and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str) and isinstance(f.get("rows"), int))
 
     return isinstance(manifest, dict) and isinstance(manifest.get("splits"), dict) and all(
-        isinstance(split, str) and os.path.basename(split) == split and isinstance(info, dict)
+        is_plain_name(split) and isinstance(info, dict)
         and isinstance(info.get("num_rows"), int) and isinstance(info.get("shards"), list) and all(map(shard_ok, info["shards"]))
         for split, info in manifest["splits"].items())
 
@@ -148,6 +159,9 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
     Returns {'errors': [...], 'warnings': [...], 'splits': {split: {'rows', 'sequences', 'shards'}}}; 'sequences'
     is None when the split's sequence index cannot be read.
     """
+    from vggt_train.data.reader import index_problems
+    from vggt_train.data.safe_names import is_plain_name
+
     errors: list[str] = []
     mpath = os.path.join(root, MANIFEST_FILE)
     if not os.path.exists(mpath):
@@ -156,6 +170,14 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
     manifest = _read_json(mpath, MANIFEST_FILE, errors)
     if manifest is None:
         return {"errors": errors, "warnings": [], "splits": {}}
+    if isinstance(manifest, dict) and isinstance(manifest.get("splits"), dict):
+        names = [(split, "split") for split in manifest["splits"]] + [
+            (f.get("filename"), "shard") for info in manifest["splits"].values() if isinstance(info, dict)
+            for f in (info.get("shards") if isinstance(info.get("shards"), list) else []) if isinstance(f, dict)]
+        unsafe = [(n, what) for n, what in names if isinstance(n, str) and not is_plain_name(n)]
+        if unsafe:  # never opened: it would leave the dataset directory
+            return {"errors": [f"{MANIFEST_FILE}: unsafe {unsafe[0][1]} name {unsafe[0][0]!r} (must be a plain file "
+                               f"name inside the dataset)"], "warnings": [], "splits": {}}
     if not _manifest_ok(manifest):
         return {"errors": [f"{MANIFEST_FILE}: lacks the expected {{'splits': {{split: {{'num_rows', 'shards': [{{'filename', "
                            f"'bytes', 'sha256', 'rows'}}]}}}}}} structure"], "warnings": [], "splits": {}}
@@ -170,33 +192,48 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
         results = [verify_shard(p, e, decode) for _s, p, e in tasks]
     per_split: dict[str, dict] = {}
     by_split: dict[str, list] = {}
+    unreadable: set[str] = set()  # splits with a shard that could not be read: their rows are unknown
     for (split, _p, _e), res in zip(tasks, results):
         errors += [f"{split}/{e}" for e in res["errors"]]
         by_split.setdefault(split, []).append(res["runs"])
+        if res.get("unreadable"):
+            unreadable.add(split)
     for split, info in manifest["splits"].items():
         sdir = os.path.join(root, split)
         state = _read_json(os.path.join(sdir, "state.json"), f"{split}/state.json", errors)
+        state_ok = False
         if state is not None:
             try:
                 names = [d["filename"] for d in state["_data_files"]]
             except (KeyError, TypeError):
                 names = None
-            if names != [s["filename"] for s in info["shards"]]:
+            unsafe = [n for n in names or [] if not is_plain_name(n)]
+            if unsafe:  # load_from_disk would open it: never
+                errors.append(f"{split}/state.json: unsafe name {unsafe[0]!r} (must be a plain file name inside "
+                              f"the split directory)")
+            elif names != [s["filename"] for s in info["shards"]]:
                 errors.append(f"{split}: state.json lists {names}, manifest lists {[s['filename'] for s in info['shards']]}")
+            else:
+                state_ok = True
         index = _read_json(os.path.join(sdir, INDEX_FILE), f"{split}/{INDEX_FILE}", errors)
-        try:
-            expect = [[s["sequence"], s["num_frames"]] for s in index["sequences"]] if index is not None else None
-        except (KeyError, TypeError):
-            errors.append(f"{split}/{INDEX_FILE}: lacks {{'sequences': [{{'sequence', 'num_frames', ...}}]}}")
-            expect = None
+        expect = None
+        if index is not None:
+            problems = index_problems(index, info["num_rows"], f"{split}/{INDEX_FILE}", len(info["shards"]))
+            errors += problems
+            if not problems:
+                expect = [[s["sequence"], s["num_frames"]] for s in index["sequences"]]
         runs = [r for shard_runs in by_split.get(split, []) for r in shard_runs]
-        if expect is not None and runs != expect:
+        if expect is not None and split not in unreadable and runs != expect:
             errors.append(f"{split}: {INDEX_FILE} does not match the rows (first difference at sequence "
                           f"{next((i for i, (a, b) in enumerate(zip(runs, expect)) if a != b), min(len(runs), len(expect)))})")
         repeated = [s for s, n in collections.Counter(s for s, _n in runs).items() if n > 1]
         if repeated:
             errors.append(f"{split}: sequence {repeated[0]} appears in more than one run of rows (names must be unique "
                           f"per split)")
+        if not state_ok:
+            per_split[split] = {"rows": info["num_rows"], "sequences": None if expect is None else len(expect),
+                                "shards": len(info["shards"])}
+            continue
         try:
             import datasets
 
