@@ -277,3 +277,100 @@ def test_safetensors_reader_handles_0d_and_empty_tensors(tmp_path):
     holder = Holder()
     load_pretrained(holder, tmp_path / "s.safetensors", strict=False, ignore_prefixes=("int_scalar", "empty", "half"))
     assert holder.scalar.item() == 2.5
+
+
+def _hostile_safetensors(path, header, data: bytes, header_len=None):
+    """A .safetensors file built by hand: 8-byte length, the JSON header (any JSON value), then `data`."""
+    import struct
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if header_len is None else header_len) + raw + data)
+    return path
+
+
+def _f32(offsets, shape=(1,), dtype="F32"):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+@pytest.mark.parametrize(
+    "header,data,message",
+    [
+        ({"a": _f32([-4, 0]), "b": _f32([0, 4])}, b"\0" * 4, "'a'.*invalid data_offsets"),
+        ({"a": _f32([4, 0], shape=())}, b"\0" * 4, "'a'.*begin after end"),
+        ({"a": _f32([0, 8], shape=(2,)), "b": _f32([4, 8])}, b"\0" * 8, "'a' and 'b' overlap"),
+        ({"a": _f32([0, 4]), "b": _f32([0, 4])}, b"\0" * 4, "overlap"),
+        ({"a": _f32([0, 4], shape=(1, 2))}, b"\0" * 8, "'a' declares shape .*\\(8 bytes\\).* hold 4 bytes"),
+        ({"a": _f32([0, 4], shape=(-1,))}, b"\0" * 4, "'a' has an invalid shape"),
+        ({"a": _f32([0, 4], shape=(1.5,))}, b"\0" * 4, "'a' has an invalid shape"),
+        ({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "'a' has invalid data_offsets None"),
+        ({"a": _f32([0, 4], dtype="F128")}, b"\0" * 4, "'a' has an unknown dtype 'F128'"),
+        ({"a": _f32([0, 8], shape=(2,))}, b"\0" * 4, "'a'.*outside the 4-byte data section"),
+        ([1, 2, 3], b"", "header is a JSON list, not an object"),
+        ("weights", b"", "header is a JSON str, not an object"),
+        ({"a": [0, 4]}, b"\0" * 4, "'a' is described by a JSON list, not an object"),
+        ({"a": "F32"}, b"\0" * 4, "'a' is described by a JSON str"),
+        ({"__metadata__": {"format": 1}, "a": _f32([0, 4])}, b"\0" * 4, "__metadata__ is not an object of strings"),
+    ],
+)
+def test_hostile_safetensors_headers_are_refused_in_one_line(tmp_path, header, data, message):
+    path = _hostile_safetensors(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(ValueError, match=f"bad.safetensors: .*{message}") as info:
+        read_state_dict(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        load_pretrained(VGGT.from_preset("tiny"), path, strict=False)
+
+
+def test_overlapping_offsets_never_load_wrong_weights_under_strict(tmp_path):
+    # two real keys of the model pointing at the same bytes: before, this loaded silently with strict=True
+    model = VGGT.from_preset("tiny")
+    path = export_official(model, tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    seen = {}
+    for k, e in header.items():
+        if k != "__metadata__" and e["dtype"] == "F32" and (e["dtype"], tuple(e["shape"])) in seen:
+            key, other = seen[(e["dtype"], tuple(e["shape"]))], k
+            break
+        seen[(e["dtype"], tuple(e["shape"]))] = k
+    header[other]["data_offsets"] = header[key]["data_offsets"]
+    _hostile_safetensors(tmp_path / "bad.safetensors", header, raw[8 + n :])
+    with pytest.raises(ValueError, match="bad.safetensors: tensors .* overlap"):
+        load_pretrained(VGGT.from_preset("tiny"), tmp_path / "bad.safetensors")
+
+
+def test_huge_declared_shape_over_4_bytes_fails_before_allocating(tmp_path, monkeypatch):
+    path = _hostile_safetensors(tmp_path / "bad.safetensors", {"a": _f32([0, 4], shape=(4, 2**30))}, b"\0" * 4)
+    real_empty = torch.empty
+    allocated = []
+
+    def guarded_empty(*args, **kwargs):
+        out = real_empty(*args, **{**kwargs, "device": "meta"})
+        allocated.append(out.numel())
+        assert out.numel() * out.element_size() < 2**20, "allocated from an unchecked header"
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", guarded_empty)
+    with pytest.raises(ValueError, match="bad.safetensors: tensor 'a' declares shape \\[4, 1073741824\\] of F32 .* hold 4 bytes"):
+        read_state_dict(path)
+    assert not allocated or max(allocated) < 2**18
+
+
+def test_safetensors_header_length_beyond_the_file_is_refused(tmp_path):
+    path = _hostile_safetensors(tmp_path / "bad.safetensors", {"a": _f32([0, 4])}, b"\0" * 4, header_len=10_000)
+    with pytest.raises(ValueError, match="bad.safetensors: safetensors header of 10000 bytes lies past the end"):
+        read_state_dict(path)
+    path = _hostile_safetensors(tmp_path / "big.safetensors", {}, b"", header_len=2**40)
+    with pytest.raises(ValueError, match="big.safetensors: implausible safetensors header size"):
+        read_state_dict(path)
+
+
+def test_duplicate_safetensors_keys_are_refused(tmp_path):
+    import struct
+
+    raw = b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    path = tmp_path / "dup.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(ValueError, match="dup.safetensors: corrupt safetensors header .*duplicate key 'a'"):
+        read_state_dict(path)

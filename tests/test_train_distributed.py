@@ -265,7 +265,8 @@ def test_deepspeed_launcher_with_a_hostfile(dataset, tmp_path):
     hostfile.write_text("localhost slots=2\n")
     overrides = _base_overrides(dataset, tmp_path) + ["train.max_steps=2", "train.ckpt_every=0"]
     # --no_ssh --node_rank 0: what each node runs under a scheduler; here it keeps the test free of ssh
-    env = {"DS_LAUNCHER_ARGS": f"--no_ssh --node_rank 0 --master_addr 127.0.0.1 --master_port {free_port()}"}
+    env = {"DS_LAUNCHER_ARGS": f"--no_ssh --node_rank 0 --master_addr 127.0.0.1 --master_port {free_port()}",
+           "PYTHON": sys.executable}  # the interpreter running this suite, not launch.sh's own choice
     _run(["bash", str(REPO / "launch.sh"), "multinode", "--hostfile", str(hostfile), *overrides], env_extra=env)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -403,3 +404,46 @@ def test_per_group_clipping_fails_clearly_where_deepspeed_cannot(monkeypatch):
     fails(Engine(clipper.opt, 2), "replaces DeepSpeedZeroOptimizer.scaled_global_norm")  # hooked twice
     monkeypatch.setattr(deepspeed, "__version__", "0.13.5")
     fails(Engine(zero12(), 2), r"deepspeed >= 0\.14")
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would run code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def _hostile_copy(src: Path, dest: Path, member: str) -> Path:
+    """A copy of a real ZeRO-2 checkpoint with `member` replaced by a pickle that writes `dest/marker` when loaded."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    torch.save({"module": {"x": torch.ones(1)}, "payload": _RunsCode(dest.parent / "marker")}, str(dest / member))
+    return dest
+
+
+@pytest.mark.parametrize("member", ["pytorch_model/mp_rank_00_model_states.pt", "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"])
+def test_export_refuses_a_shard_that_would_run_code(zero2_run, tmp_path, member):
+    ckpt = _hostile_copy(zero2_run / "checkpoints" / "step_00000006", tmp_path / "run" / "step_00000006", member)
+    result = _run([sys.executable, "-m", "vggt_train", "export", str(ckpt), str(tmp_path / "out.safetensors")], expect_ok=False)
+    assert result.returncode != 0
+    assert not (tmp_path / "run" / "marker").exists()
+    assert not (tmp_path / "out.safetensors").exists()
+    lines = [l for l in result.stderr.splitlines() if "refusing to load" in l]
+    assert lines == [f"vggt-train export: error: refusing to load {ckpt / member}: it needs builtins.exec, which is not a tensor "
+                     f"type (a checkpoint is loaded as tensors only; nothing from it was run)"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("member", ["pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt", "random_states_1.pkl"])
+def test_resume_refuses_a_checkpoint_file_that_would_run_code(dataset, zero2_run, tmp_path, member):
+    ckpt = _hostile_copy(zero2_run / "checkpoints" / "step_00000006", tmp_path / "old" / "step_00000006", member)
+    result = _launch(_accelerate_config(tmp_path, 2, 2, port=free_port()),
+                     _base_overrides(dataset, tmp_path / "run") + [f"resume={ckpt}"], expect_ok=False)
+    assert result.returncode != 0
+    assert not (tmp_path / "old" / "marker").exists()
+    assert (f"vggt-train train: error: refusing to load {ckpt / member}: it needs builtins.exec, which is not a tensor type"
+            in result.stderr), result.stderr[-3000:]

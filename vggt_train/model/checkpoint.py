@@ -83,6 +83,67 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_SAFETENSORS_ITEMSIZE = {name: torch.empty(0, dtype=dtype).element_size() for name, dtype in _SAFETENSORS_DTYPES.items()}
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _is_index(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _validate_safetensors_header(path: Path, header, data_size: int) -> Dict[str, dict]:
+    """Check a parsed safetensors header completely before anything is allocated from it.
+
+    Every tensor needs a known dtype, a shape of non-negative ints and data_offsets [begin, end] inside the data
+    section whose length is exactly dtype size x number of elements; no two tensors may share bytes. Any
+    violation is a ValueError naming the file and the tensor. Returns {name: entry} without "__metadata__".
+    """
+    def bad(what: str):
+        return ValueError(f"cannot read checkpoint {path}: {what}")
+
+    if not isinstance(header, dict):
+        raise bad(f"the safetensors header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
+        raise bad("the safetensors __metadata__ is not an object of strings")
+    entries = {k: e for k, e in header.items() if k != "__metadata__"}
+    spans = []
+    for name, e in entries.items():
+        if not isinstance(e, dict):
+            raise bad(f"tensor {name!r} is described by a JSON {type(e).__name__}, not an object")
+        dtype, shape, offsets = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise bad(f"tensor {name!r} has an unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(_is_index(d) for d in shape)):
+            raise bad(f"tensor {name!r} has an invalid shape {shape!r} (need a list of non-negative ints)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)):
+            raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r} (need [begin, end], non-negative ints)")
+        begin, end = offsets
+        if begin > end or end > data_size:
+            raise bad(f"tensor {name!r} has data_offsets [{begin}, {end}] outside the {data_size}-byte data section (truncated file?)"
+                      if begin <= end else f"tensor {name!r} has data_offsets [{begin}, {end}] with begin after end")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end - begin != numel * _SAFETENSORS_ITEMSIZE[dtype]:
+            raise bad(f"tensor {name!r} declares shape {shape} of {dtype} ({numel * _SAFETENSORS_ITEMSIZE[dtype]} bytes) "
+                      f"but data_offsets [{begin}, {end}] hold {end - begin} bytes")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise bad(f"tensors {n0!r} and {n1!r} overlap (data_offsets [{b0}, {e0}] and [{b1}, {e1}])")
+    return entries
+
+
 class _SafetensorsFile:
     """Reads tensors of a .safetensors file straight into caller memory (no mmap, no intermediate copy).
 
@@ -90,30 +151,30 @@ class _SafetensorsFile:
     then the raw little-endian data. Reading with readinto() keeps the process's memory at one model copy.
     """
 
+    MAX_HEADER = 100 * 2**20
+
     def __init__(self, path: Path):
         import json
         import struct
 
         self.path = path
+        size = path.stat().st_size
         with path.open("rb") as f:
             raw = f.read(8)
             if len(raw) != 8:
                 raise ValueError(f"cannot read checkpoint {path}: file too short for a safetensors header")
             (n,) = struct.unpack("<Q", raw)
-            if n > 100 * 2**20:
+            if n > self.MAX_HEADER:
                 raise ValueError(f"cannot read checkpoint {path}: implausible safetensors header size {n}")
+            if 8 + n > size:
+                raise ValueError(f"cannot read checkpoint {path}: safetensors header of {n} bytes lies past the end of the {size}-byte file (truncated file?)")
             try:
-                header = json.loads(f.read(n))
+                header = json.loads(f.read(n), object_pairs_hook=_no_duplicate_keys)
             except ValueError as exc:
                 raise ValueError(f"cannot read checkpoint {path}: corrupt safetensors header ({exc})") from None
-        header.pop("__metadata__", None)
         self.data_start = 8 + n
-        self.entries = header
-        size = path.stat().st_size
-        for name, e in header.items():
-            if e.get("dtype") not in _SAFETENSORS_DTYPES or e["data_offsets"][1] + self.data_start > size:
-                raise ValueError(f"cannot read checkpoint {path}: tensor {name} has an unknown dtype or lies past the end (truncated file?)")
-        self.shapes = {k: tuple(e["shape"]) for k, e in header.items()}
+        self.entries = _validate_safetensors_header(path, header, size - self.data_start)
+        self.shapes = {k: tuple(e["shape"]) for k, e in self.entries.items()}
 
     def read_into(self, key: str, target: torch.Tensor) -> None:
         e = self.entries[key]

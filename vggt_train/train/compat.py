@@ -7,6 +7,9 @@ lacks is probed once on a private one-process gloo group (no collective with the
 replaced in DeepSpeed's communication backend: all-gather through gloo's list `all_gather` into views of the
 output, reduce-scatter through `all_reduce` of a copy. Both give the same values; on a torch whose gloo has the
 collectives nothing changes.
+
+Also `torch.cpu.set_device`, which accelerate calls for multi-process CPU training and torch 2.1 lacks: newer
+torch defines it as a no-op ("in CPU we do nothing"), and `ensure_cpu_set_device()` adds exactly that where missing.
 """
 
 from __future__ import annotations
@@ -91,3 +94,16 @@ def fit_deepspeed_to_gloo() -> List[str]:
         cdb.reduce_scatter_function = reduce_scatter_tensor_by_all_reduce
         replaced.append("reduce_scatter_tensor")
     return replaced
+
+
+def _cpu_set_device(device) -> None:
+    """torch.cpu.set_device of newer torch: the CPU has one device, there is nothing to set."""
+
+
+def ensure_cpu_set_device() -> bool:
+    """Give torch.cpu the no-op `set_device` newer torch has (accelerate calls it for multi-process CPU runs).
+    Returns whether it was missing."""
+    if hasattr(torch.cpu, "set_device"):
+        return False
+    torch.cpu.set_device = _cpu_set_device
+    return True

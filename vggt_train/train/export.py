@@ -36,11 +36,17 @@ def _resolve(path: Path) -> Path:
 
 def consolidated_state_dict(ckpt: Path) -> Dict[str, torch.Tensor]:
     """Full fp32 model weights of a checkpoint written by accelerate's save_state (DeepSpeed or not)."""
+    from vggt_train.train import safe_load
+
     ds_dirs = [p for p in ckpt.iterdir() if p.is_dir() and any(p.glob("*model_states.pt"))]
     if ds_dirs:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=ds_dirs[0].name)
+        # DeepSpeed's consolidation uses torch.load(weights_only=False): check every shard first, then force the
+        # loads to be weights-only with the small allow-list (safe_load), so no code from a shard ever runs
+        safe_load.check_directory(ds_dirs[0])
+        with safe_load.restricted_loads():
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=ds_dirs[0].name)
     elif (ckpt / "model.safetensors").is_file():
         from safetensors.torch import load_file
 

@@ -21,7 +21,7 @@ import torch
 from vggt_train import kernels
 from vggt_train.data.finish import finish_batch
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
-from vggt_train.train import checkpointing, clipping, paths, run_info
+from vggt_train.train import checkpointing, clipping, paths, run_info, safe_load
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import DeviceChoice, check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
@@ -64,6 +64,9 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
     device = device or resolve_device(cfg.train.device)
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise take a GPU it finds
+        from vggt_train.train import compat
+
+        compat.ensure_cpu_set_device()  # accelerate calls torch.cpu.set_device, which torch 2.1 lacks
     try:  # accelerate launch passes its config's deepspeed_config_file relative to where it was started
         paths.resolve_env_file("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the accelerate config's deepspeed_config_file")
     except FileNotFoundError as exc:
@@ -231,7 +234,12 @@ class Trainer:
                                 f"optim.clip_groups it was saved with (global clips all gradients together), or start a new "
                                 f"run from the weights: vggt-train export {path} model.safetensors, then "
                                 f"model.checkpoint=model.safetensors (the optimizer restarts)")
-        acc.load_state(str(path))
+        try:  # tensors only: every pickle is checked before anything loads, and each load is weights-only
+            safe_load.check_directory(path)
+            with safe_load.restricted_loads():
+                acc.load_state(str(path))
+        except safe_load.UnsafeCheckpointError as exc:
+            raise TrainingError(str(exc)) from None
         self.state = TrainerState(**{k: saved[k] for k in ("step", "skipped_steps", "nonfinite_in_row", "samples_seen")})
         self.data.load_state_dict(saved.get("data", {}))
         self.log.truncate_after(self.state.step)
