@@ -331,8 +331,17 @@ def test_reference_attention_under_autocast_matches_sdpa_dtype_and_value():
     q, k = torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
     v = torch.randn(1, 2, 9, 16).bfloat16()
     kernels.configure({"attention": "reference"})
+    sdpa_fn = torch.nn.functional.scaled_dot_product_attention
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        # older torch (2.1) leaves SDPA off CPU autocast's lower-precision list: there the mixed dtypes are refused
+        # and the op's cast is what makes the model run; it then equals SDPA on the cast tensors
+        autocast_casts_sdpa = sdpa_fn(q[..., :1, :], k[..., :1, :], k[..., :1, :]).dtype == torch.bfloat16
         out = kernels.attention(q, k, v)
-        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # what the official model calls
+        if autocast_casts_sdpa:
+            sdpa = sdpa_fn(q, k, v)  # what the official model calls
+        else:
+            with pytest.raises(RuntimeError, match="same dtype"):
+                sdpa_fn(q, k, v)
+            sdpa = sdpa_fn(q.bfloat16(), k.bfloat16(), v)
     assert out.dtype == sdpa.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), sdpa.float(), atol=2e-2, rtol=2e-2)

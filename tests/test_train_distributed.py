@@ -118,8 +118,17 @@ def test_ddp_two_cpu_processes_equal_one_process(dataset, reference_run, tmp_pat
 
 
 def test_deepspeed_gradient_accumulation_equals_one_process(dataset, reference_run, tmp_path):
-    """One process under DeepSpeed ZeRO-2 with 2 accumulation steps: DeepSpeed's own accumulation boundary."""
-    _launch(_accelerate_config(tmp_path, 2, 1, port=free_port()), _base_overrides(dataset, tmp_path) + ["train.grad_accum_steps=2"])
+    """One process under DeepSpeed ZeRO-2 with 2 accumulation steps: DeepSpeed's own accumulation boundary. A
+    DeepSpeed that accumulates wrongly (< 0.18.3, the one torch 2.1 can run) is refused in one line."""
+    from vggt_train.train import compat
+
+    config, overrides = _accelerate_config(tmp_path, 2, 1, port=free_port()), _base_overrides(dataset, tmp_path)
+    problem = compat.deepspeed_accumulation_problem(2)
+    if problem:
+        result = _launch(config, overrides + ["train.grad_accum_steps=2"], expect_ok=False)
+        assert result.returncode != 0 and problem in result.stderr, result.stderr[-3000:]
+        return
+    _launch(config, overrides + ["train.grad_accum_steps=2"])
     ref, ds = _losses(reference_run), _losses(tmp_path)
     for step in ref:
         assert ds[step] == pytest.approx(ref[step], rel=2e-4, abs=1e-5), (step, ref, ds)

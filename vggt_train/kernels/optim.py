@@ -19,6 +19,7 @@ rebound (`p.grad = g` is silently ignored). Hence `zero_grad(set_to_none=True)` 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Iterable, List, Optional, Tuple, Union
 
@@ -51,14 +52,38 @@ def adamw_reference(params: list, lr: float, betas=(0.9, 0.999), eps=1e-8, weigh
 adamw_op = declare("adamw", adamw_reference, _device_of, doc="AdamW optimiser factory (params or groups, lr, betas, eps, wd)")
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_fused_adamw() -> bool:
+    """Whether this torch steps CPU parameters with its fused AdamW kernel (torch >= 2.4). Probed, not read off the
+    version: torch 2.1-2.3 reject fused CPU parameters in the constructor, and a build could lack the kernel."""
+    if "fused" not in inspect.signature(torch.optim.AdamW.__init__).parameters:
+        return False
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    try:
+        torch.optim.AdamW([p], lr=1e-3, fused=True).step()
+    except (RuntimeError, NotImplementedError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _fresh_groups(params: list) -> list:
+    # torch's optimiser writes its defaults (fused, foreach, ...) into the group dicts it is given: a second
+    # optimiser built from the same dicts would inherit the first one's `fused=True`
+    return [{k: v for k, v in g.items() if k not in ("fused", "foreach")} if isinstance(g, dict) else g for g in params]
+
+
 @adamw_op.register("cpu")
 def adamw_cpu(params: list, lr: float, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01) -> torch.optim.Optimizer:
-    """torch's fused CPU AdamW (torch >= 2.4: about 2x the single-tensor loop at VGGT block sizes, see
-    docs/kernels.md); older torch rejects fused CPU params in the constructor, then the multi-tensor path."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True)
+    """torch's fused CPU AdamW where this torch has it (torch >= 2.4: about 2x the single-tensor loop at VGGT block
+    sizes, see docs/kernels.md), else (or for parameters it rejects) the multi-tensor path."""
+    if cpu_has_fused_adamw():
+        try:
+            return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            pass
+    return torch.optim.AdamW(_fresh_groups(params), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                             foreach=True)
 
 
 _ADAMW_HAS_FUSED = "fused" in inspect.signature(torch.optim.AdamW.__init__).parameters

@@ -53,6 +53,18 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _cpu_grid_sample_takes(dtype: torch.dtype) -> bool:
+    # torch < 2.2 has no reduced-precision grid_sample on the CPU ("grid_sampler_2d_cpu" not implemented)
+    try:
+        F.grid_sample(torch.zeros(1, 1, 2, 2, dtype=dtype), torch.zeros(1, 1, 1, 2, dtype=dtype), align_corners=True)
+        return True
+    except RuntimeError:
+        return False
+
+
+_CPU_GRID_SAMPLE_DTYPES = {dtype: _cpu_grid_sample_takes(dtype) for dtype in (torch.bfloat16, torch.float16)}
+
+
 def bilinear_sampler(
     input: torch.Tensor, coords: torch.Tensor, align_corners: bool = True, padding_mode: str = "border"
 ) -> torch.Tensor:
@@ -75,6 +87,11 @@ def bilinear_sampler(
     else:
         scale = [2.0 / width, 2.0 / height]
     grid = coords * torch.tensor(scale, device=coords.device, dtype=coords.dtype) - 1
+    if input.device.type == "cpu" and not _CPU_GRID_SAMPLE_DTYPES.get(input.dtype, True):
+        # an older torch without this dtype's CPU kernel: sample in float32, round the result to the input's dtype
+        out = F.grid_sample(input.float(), grid.float(), mode="bilinear", padding_mode=padding_mode,
+                            align_corners=align_corners)
+        return out.to(input.dtype)
     return F.grid_sample(input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners)
 
 

@@ -107,3 +107,24 @@ def ensure_cpu_set_device() -> bool:
         return False
     torch.cpu.set_device = _cpu_set_device
     return True
+
+
+# DeepSpeed before 0.18.3 accumulates ZeRO gradients over several micro-batches wrongly under this trainer
+# (accelerate 1.15; measured with 0.17.6 and 0.18.2 on torch 2.1 and 2.13: 1 process, ZeRO-2, 2 accumulation steps
+# gives another gradient norm than the same global batch in one micro-batch); 0.18.3+ needs torch internals
+# (torch._C._will_engine_execute_node, ...) that torch 2.1 lacks, so there accumulation under DeepSpeed is refused.
+DEEPSPEED_ACCUMULATION_MIN = (0, 18, 3)
+
+
+def deepspeed_accumulation_problem(grad_accum_steps: int) -> "str | None":
+    """Why train.grad_accum_steps > 1 cannot run under the installed DeepSpeed (one line), or None."""
+    if grad_accum_steps <= 1:
+        return None
+    import deepspeed
+
+    version = tuple(int(p) for p in deepspeed.__version__.split("+")[0].split(".")[:3] if p.isdigit())
+    if version >= DEEPSPEED_ACCUMULATION_MIN:
+        return None
+    return (f"train.grad_accum_steps={grad_accum_steps} under DeepSpeed {deepspeed.__version__}: DeepSpeed before "
+            f"{'.'.join(map(str, DEEPSPEED_ACCUMULATION_MIN))} accumulates ZeRO gradients wrongly; use deepspeed >= "
+            f"0.18.3 (it needs torch >= 2.2), or train.grad_accum_steps=1 with a larger data.max_img_per_gpu")

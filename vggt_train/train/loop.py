@@ -112,6 +112,9 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
         plugin.gradient_accumulation_steps = cfg.train.grad_accum_steps
         from vggt_train.train import compat  # an older torch's gloo lacks collectives ZeRO uses: built from others
 
+        problem = compat.deepspeed_accumulation_problem(cfg.train.grad_accum_steps)
+        if problem:
+            raise TrainingError(problem)
         compat.fit_deepspeed_to_gloo()
     return accelerator
 
