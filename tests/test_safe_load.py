@@ -95,3 +95,25 @@ def test_benign_files_of_every_format_pass_and_garbage_is_refused(tmp_path):
     (tmp_path / "fake.pt").write_bytes(b"PK\x03\x04" + b"\0" * 40)
     with pytest.raises(safe_load.UnsafeCheckpointError, match="fake.pt: not a readable torch zip file"):
         safe_load.check_file(tmp_path / "fake.pt")
+
+
+class _EnumByGetattr:
+    """Pickles as getattr(cls, name), the way some Python versions pickle an Enum member."""
+
+    def __init__(self, cls, name):
+        self.cls, self.name = cls, name
+
+    def __reduce__(self):
+        return getattr, (self.cls, self.name)
+
+
+def test_getattr_in_a_pickle_only_yields_members_of_allowed_enums(tmp_path):
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    torch.save({"stage": _EnumByGetattr(ZeroStageEnum, "gradients")}, tmp_path / "ok.pt")
+    torch.save({"x": _EnumByGetattr(ZeroStageEnum, "__class__")}, tmp_path / "attr.pt")
+    safe_load.check_file(tmp_path / "ok.pt")
+    with safe_load.restricted_loads():
+        assert torch.load(tmp_path / "ok.pt")["stage"] is ZeroStageEnum.gradients
+        with pytest.raises(safe_load.UnsafeCheckpointError, match="refusing to load .*attr.pt"):
+            torch.load(tmp_path / "attr.pt")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import enum
 import io
 import pickle
 import pickletools
@@ -31,6 +32,21 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint file needs a Python global that is not a tensor type: it is not loaded."""
+
+
+def _enum_member(cls, name):
+    """What a checkpoint's `builtins.getattr` may do: some Python versions pickle an Enum member (DeepSpeed's
+    ZeroStageEnum) as getattr(EnumClass, "NAME"). Only a member of an allow-listed Enum is returned; any other use
+    of getattr is refused."""
+    if (isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str) and name in cls.__members__
+            and any(cls is obj for obj in _resolved_allowed().values())):
+        return cls[name]
+    raise pickle.UnpicklingError(f"it needs builtins.getattr({getattr(cls, '__qualname__', type(cls).__name__)}, {name!r}), "
+                                 f"which is not a member of an allowed enum")
+
+
+# registered under the name the pickle uses, so the loaders resolve "builtins.getattr" to this guard
+_enum_member.__module__, _enum_member.__qualname__, _enum_member.__name__ = "builtins", "getattr", "getattr"
 
 
 def _allowed_entries() -> List[Tuple[str, Callable[[], object]]]:
@@ -70,6 +86,8 @@ def _allowed_entries() -> List[Tuple[str, Callable[[], object]]]:
         # DeepSpeed's *_optim_states.pt: the ZeRO stage (an IntEnum) and the loss scaler (plain attributes:
         # scale, flags, counters; restored with setattr, no method runs)
         ("deepspeed.runtime.zero.config.ZeroStageEnum", deepspeed_attr("deepspeed.runtime.zero.config", "ZeroStageEnum")),
+        # how Python 3.11.0-3.11.? pickle an Enum member: getattr(cls, name), answered by _enum_member only
+        ("builtins.getattr", lambda: _enum_member),
         ("deepspeed.runtime.fp16.loss_scaler.LossScaler", deepspeed_attr("deepspeed.runtime.fp16.loss_scaler", "LossScaler")),
         ("deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
          deepspeed_attr("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler")),
