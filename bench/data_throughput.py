@@ -8,7 +8,8 @@
    clean-up per frame), with the resize on the device (resample="device", what the trainer does on an
    accelerator) and in the worker (resample="worker", its choice on a CPU); the whole recipe in the worker
    (the layout of a plain raw-file loader such as the official one); the read stage alone; and the bound:
-   decoding the JPEGs only.
+   decoding the JPEGs only. The per-row checksum check (every read recomputes it) is timed alone and as the
+   same worker stage without it.
 3. The finishing stage (finish_batch: uint8 -> float, jitter, points, normalisation [, the resize]) on this CPU,
    per sample, as a CPU-only trainer runs it in its main process. On an accelerator it runs there instead.
 4. The shard pipeline through a DataLoader with 1 and 2 workers, micro-batches of --loader-batch samples
@@ -50,6 +51,12 @@ def prepare(workdir: str, size: str, sequences: int, frames: int) -> dict:
         make_synthetic_co3d(raw, ["apple"], sequences=sequences, test_sequences=0, frames=frames, hw=(h, w), seed=0)
         print(f"rendered {sequences * frames} frames at {size} in {time.perf_counter() - t0:.0f}s (cached in {workdir})")
         open(os.path.join(workdir, "raw.done"), "w").close()
+    if os.path.exists(os.path.join(shards, "manifest.json")):
+        with open(os.path.join(shards, "manifest.json")) as f:
+            if json.load(f).get("schema_version", 1) < 2:  # converted before the per-row checksums: convert again
+                import shutil
+
+                shutil.rmtree(shards)
     if not os.path.exists(os.path.join(shards, "manifest.json")):
         convert(Options(os.path.join(raw, "co3d"), os.path.join(raw, "annotations"), shards, splits=("train",), quiet=True))
     return {"co3d_dir": os.path.join(raw, "co3d"), "annotation_dir": os.path.join(raw, "annotations"), "shards": shards}
@@ -109,6 +116,21 @@ def read_rate(ds: MultiViewDataset, views: int, count: int, repeats: int) -> flo
                 Image.open(io.BytesIO(ds.source.read_frame(seq, int(p)).image)).load()
 
     return best_rate(run, count, repeats)
+
+
+def checksum_us(ds: MultiViewDataset, repeats: int) -> float:
+    """Microseconds per frame of the per-row checksum check alone (xxh3-64 of image + depth + camera bytes, as
+    ShardSource.read_frame recomputes it), over every frame of the split."""
+    from vggt_train.data.schema import payload_checksum
+
+    frames = [ds.source.read_frame(s, p) for s in ds.sequences for p in range(ds.num_frames(s))]
+
+    def run(n):
+        for i in range(n):
+            f = frames[i % len(frames)]
+            payload_checksum(f.image, f.depth, f.extrinsic, f.intrinsic)
+
+    return 1e6 / best_rate(run, max(len(frames), 50), repeats)
 
 
 def decode_bound(ds: MultiViewDataset, views: int, repeats: int) -> float:
@@ -181,6 +203,10 @@ def main() -> None:
     shard_dev, shard_cpu, raw_dev, raw_cpu = shards("device"), shards("worker"), raw("device"), raw("worker")
     row("bound: JPEG decode only", "decode_bound", decode_bound(shard_dev, V, R), f"{V} decodes per sample")
     row("shards: worker stage, resize on the device", "shards_dev", pipeline_rate(shard_dev, V, N, R))
+    if shard_dev.source.has_checksums:  # the same stage without the per-row check (what a schema-1 dataset costs)
+        unchecked = shards("device")
+        unchecked.source._rows.checksum = None
+        row("shards: worker stage, resize on the device, no checksum check", "shards_dev_unchecked", pipeline_rate(unchecked, V, N, R))
     row("raw files: worker stage, resize on the device", "raw_dev", pipeline_rate(raw_dev, V, N, R))
     row("shards: worker stage, resize in the worker", "shards_cpu", pipeline_rate(shard_cpu, V, N, R))
     row("raw files: worker stage, resize in the worker", "raw_cpu", pipeline_rate(raw_cpu, V, N, R))
@@ -194,6 +220,9 @@ def main() -> None:
             f"{rate / w:.1f} per worker, {args.loader_batch} samples a batch")
     fin_cpu, fin_dev = finish_ms(shard_cpu, V, N, R), finish_ms(shard_dev, V, N, R)
     res.update(finish_ms_worker_resize=fin_cpu, finish_ms_device_resize=fin_dev)
+    check_us = checksum_us(shard_dev, R)
+    frame_us = 1e6 / (res["shards_dev"] * V)  # worker-stage time per frame, resize on the device (the cheapest stage)
+    res.update(checksum_us_per_frame=check_us, checksum_share_of_worker_stage=check_us / frame_us)
 
     src = Image.open(io.BytesIO(bytes(shard_dev.source.read_frame(shard_dev.sequences[0], 0).image)))
     print(f"\n{V} views per sample at {args.img_size} px (aspect 1.0, augment), sources {src.size[1]}x{src.size[0]}, "
@@ -204,6 +233,8 @@ def main() -> None:
         print(f"| {name} | {rate:.1f} | {note} |")
     print(f"\nfinishing stage on this CPU (1 thread), per sample: {fin_cpu:.1f} ms (resize done in the worker), "
           f"{fin_dev:.1f} ms (with the resize)")
+    print(f"per-row checksum check: {check_us:.1f} us per frame = {check_us / frame_us:.2%} of the worker stage's "
+          f"{frame_us / 1e3:.2f} ms per frame (resize on the device)")
     print(f"shards / raw files, same split: {res['shards_dev'] / res['raw_dev']:.1f}x (resize on the device), "
           f"{res['shards_cpu'] / res['raw_cpu']:.1f}x (resize in the worker); read stage {res['shards_read'] / res['raw_read']:.1f}x")
     print(f"shards (resize on the device) / plain raw loader (whole recipe in the worker): {res['shards_dev'] / res['raw_all']:.1f}x; "

@@ -104,6 +104,13 @@ def case_garbage_jpeg(raw):
     return "corrupt_image", str(_img(raw, fp))
 
 
+def case_not_an_image(raw):
+    # no image signature at all: PIL's message names its in-memory stream (and its address)
+    _, fp = _first(raw)
+    _img(raw, fp).write_bytes(b"plain text, not an image " * 10)
+    return "corrupt_image", str(_img(raw, fp))
+
+
 def case_missing_image(raw):
     _, fp = _first(raw)
     os.remove(_img(raw, fp))
@@ -192,7 +199,7 @@ def case_other_category_filepath(raw):
 
 
 CASES = {f.__name__[5:]: f for f in [
-    case_truncated_jpeg, case_garbage_jpeg, case_missing_image, case_truncated_depth, case_8bit_depth,
+    case_truncated_jpeg, case_garbage_jpeg, case_not_an_image, case_missing_image, case_truncated_depth, case_8bit_depth,
     case_missing_depth, case_missing_mask, case_truncated_mask, case_size_mismatch, case_nonfinite_camera,
     case_singular_intrinsic, case_singular_rotation, case_absolute_filepath, case_dotdot_filepath,
     case_entry_without_intri, case_nul_in_filepath, case_other_category_filepath]}
@@ -206,6 +213,7 @@ def test_bad_frame_is_skipped_and_reported(raw, tmp_path, name, capsys):
     report = json.loads((out / "report.json").read_text())
     assert [(r["reason"], r["path"], r["frame"]) for r in report["skipped"]] == [(reason, path, 3)]
     assert report["skipped_by_reason"] == {reason: 1}
+    assert " at 0x" not in json.dumps(report)  # no object address: the same input gives the same report
     seq, _ = _first(raw)
     sp = Co3DSplit(str(out / "train"))
     assert len(sp) == 2 * FRAMES - 1 and sp.num_frames(seq) == FRAMES - 1

@@ -196,7 +196,7 @@ def test_verify_survives_damaged_offsets(copy):
 
 
 def test_training_names_shard_and_row_of_damaged_offsets(copy):
-    from vggt_train.data.dataset import ShardReadError, ShardSource
+    from vggt_train.data.sources import ShardReadError, ShardSource
 
     shard = copy / "train" / "data-00001-of-00003.arrow"
     _damage_depth_offsets(shard, value=-5)
@@ -242,6 +242,87 @@ def test_damaged_schema_is_named(copy, capsys):
     with pytest.raises(ValueError) as exc:
         Co3DSplit(str(copy / "train"))
     assert str(shard) in one_line(str(exc.value))
+
+
+# -- per-row checksums: bit rot inside a row becomes a reported, replaced frame -----------------------------------
+def _flip_depth_byte(copy, seq_index=1, position=2):
+    """Flip one byte inside the depth of one row (structure intact: only a checksum can notice)."""
+    from vggt_train.data.sources import ShardSource
+
+    src = ShardSource(str(copy / "train"))
+    seq = src.sequences[seq_index]
+    depth = bytes(src.read_frame(seq, position).depth.tobytes())
+    shard = copy / "train" / f"data-{seq_index:05d}-of-00003.arrow"
+    data = bytearray(shard.read_bytes())
+    at = data.find(depth)
+    assert at >= 0 and data.find(depth, at + 1) < 0
+    data[at + len(depth) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    return seq, shard
+
+
+def test_a_flipped_byte_inside_a_row_is_a_bad_frame_named_by_shard_and_row(copy, capsys, caplog):
+    import logging
+
+    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.sources import BadFrame, ShardSource
+
+    seq, shard = _flip_depth_byte(copy)
+    src = ShardSource(str(copy / "train"))
+    src.read_frame(seq, 1)  # the row beside it is intact
+    with pytest.raises(BadFrame) as exc:
+        src.read_frame(seq, 2)
+    msg = one_line(str(exc.value))
+    assert f"{shard} (sequence {seq}, frame position 2, row {FRAMES + 2})" in msg and "field 'checksum'" in msg, msg
+    ds = MultiViewDataset(str(copy), "train", img_size=28, augment=False)
+    with caplog.at_level(logging.WARNING, logger="vggt_train.data"):
+        sample = ds.get_sample(seq, [0, 2], 1.0)
+    assert sample["replaced"] == [f"{seq}/2 -> {seq}/3"] and ds.bad_frames == 1  # replaced per the policy
+    rc, out = verify(copy, capsys)
+    assert rc == 1 and f"train/data-00001-of-00003.arrow: row 2 ({seq} frame" in out and "checksum mismatch" in out, out
+
+
+def _drop_checksums(out):
+    """Rewrite a dataset as schema 1 wrote it (no checksum column), manifest updated to match."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from vggt_train.data.reader import open_shard
+    from vggt_train.data.schema import arrow_schema, features
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split, info in manifest["splits"].items():
+        for f in info["shards"]:
+            path = out / split / f["filename"]
+            open_shard(str(path))  # registers the extension types
+            table = pa.ipc.open_stream(pa.py_buffer(path.read_bytes())).read_all().drop(["checksum"])  # in memory: the file is rewritten
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, arrow_schema(with_checksum=False)) as w:
+                for batch in table.to_batches(max_chunksize=64):
+                    w.write_batch(batch)
+            data = path.read_bytes()
+            f.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        info_path = out / split / "dataset_info.json"
+        info_json = json.loads(info_path.read_text())
+        info_json["features"] = features(with_checksum=False).to_dict()
+        info_path.write_text(json.dumps(info_json))
+    manifest["schema_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_dataset_without_checksums_still_loads_with_a_note(copy, capsys, caplog):
+    import logging
+
+    from vggt_train.data.dataset import MultiViewDataset
+
+    _drop_checksums(copy)
+    with caplog.at_level(logging.WARNING, logger="vggt_train.data"):
+        ds = MultiViewDataset(str(copy), "train", img_size=28, augment=False)
+    assert not ds.source.has_checksums
+    assert "no per-row checksums (converted before schema 2)" in caplog.text
+    assert ds.get_sample(ds.sequences[0], [0, 1], 1.0)["images"].shape[0] == 2
+    rc, out = verify(copy, capsys)
+    assert rc == 0 and "WARNING train: no per-row checksums" in out, out
 
 
 # ----------------------------------------------------------------------------------------------- 4. converter
@@ -341,3 +422,64 @@ def test_oversized_frame_file(rawcopy, tmp_path, monkeypatch):
     monkeypatch.setenv(co3d.MAX_FRAME_FILE_ENV, "0.25")  # 256 KiB
     out = convert(rawcopy, tmp_path / "out")
     assert [r["reason"] for r in _report(out)["skipped"] if r["path"] == depth] == ["file_too_large"]
+
+
+# -- 10. smaller items: orphaned workers, a full disk during the manifest write --------------------------------------
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(d))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the workers")
+def test_killing_the_converter_leaves_no_worker_behind(raw, tmp_path):
+    """The converter's main process dies abruptly (os._exit, as kill -9) with 2 workers busy: they and
+    multiprocessing's resource tracker end too, within seconds."""
+    import time
+    import uuid
+
+    from vggt_train.data.convert import EXIT_HOOK_ENV
+
+    marker = f"VGGT_TEST_ORPHAN_{uuid.uuid4().hex}"
+    cmd = [sys.executable, "-m", "vggt_train", "convert-co3d", "--co3d-dir", raw["co3d_dir"], "--annotation-dir",
+           raw["annotation_dir"], "--out", str(tmp_path / "out"), "--quiet", "--splits", "train", "--min-frames", "2",
+           "--workers", "2", "--shard-size-mb", "0.001"]
+    log = tmp_path / "log"
+    with open(log, "w") as f:  # a file, not a pipe: a surviving worker would hold a pipe open forever
+        proc = subprocess.run(cmd, env=dict(os.environ, **{EXIT_HOOK_ENV: "1", marker: "1"}), stdout=f, stderr=f, timeout=300)
+    assert proc.returncode == 75, log.read_text()
+    deadline = time.time() + 15
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    left = _processes_with(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} process(es) of the killed converter still running"
+
+
+def test_a_full_disk_during_the_manifest_write_names_the_file(raw, tmp_path, monkeypatch, capsys):
+    import errno
+    import json as json_module
+
+    from vggt_train.data import convert as conv
+
+    real_dump = json_module.dump
+
+    def dump(obj, f, **kw):
+        if "manifest-part-" in f.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(obj, f, **kw)
+
+    monkeypatch.setattr(conv.json, "dump", dump)
+    out = tmp_path / "full"
+    convert(raw, out, expect=2)
+    err = one_line(capsys.readouterr().err)
+    assert "No space left on device: " in err and f"{out}/_convert/manifest-part-00000-of-00001.json" in err, err
+    assert not [p for p in (out / "_convert").iterdir() if ".tmp-" in p.name]  # no half-written temp left

@@ -143,7 +143,7 @@ def test_shard_rows_read_straight_from_the_arrow_buffers_equal_pyarrow_rows(ds):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from vggt_train.data.dataset import _SHARD_COLUMNS, _ShardRows
+    from vggt_train.data.sources import _SHARD_COLUMNS, _ShardRows
 
     table = ds.source.split.dataset.data.table.select(list(_SHARD_COLUMNS))
     ref = _reference_rows(table)
@@ -221,9 +221,11 @@ def test_worker_batches_do_not_depend_on_what_their_buffers_held(data, monkeypat
         assert torch.equal(clean[k], dirty[k]), k
 
 
-def test_undecodable_image_row_is_replaced_counted_and_reported(data, ds, tmp_path, caplog):
+@pytest.mark.parametrize("checksums", [True, False])
+def test_undecodable_image_row_is_replaced_counted_and_reported(data, ds, tmp_path, caplog, checksums):
     """Bit rot in a shard: one row's JPEG loses its header. That frame is replaced by the next position of its
-    sequence, deterministically (the sample equals the clean sample with that position moved by one)."""
+    sequence, deterministically (the sample equals the clean sample with that position moved by one). The row's
+    checksum catches it first; without checksums (a schema-1 dataset) the JPEG decoder does."""
     split = tmp_path / "train"
     shutil.copytree(os.path.join(data["root"], "train"), split)
     seq, pos = ds.sequences[1], 6
@@ -231,12 +233,15 @@ def test_undecodable_image_row_is_replaced_counted_and_reported(data, ds, tmp_pa
     shard = ds.source._where(seq, pos, 0).split(" (")[0]
     corrupt_bytes_in_file(str(split / os.path.basename(shard)), jpeg, b"\0" * 16)  # the whole JPEG is unique in the file
     bad = MultiViewDataset(str(split), None, img_size=56, augment=False)
+    if not checksums:
+        bad.source._rows.checksum = None
     with caplog.at_level(logging.WARNING, logger="vggt_train.data"):
         s = bad.get_sample(seq, [2, pos, 9], 1.0)
     assert bad.bad_frames == 1 and s["replaced"] == [f"{seq}/{pos} -> {seq}/{pos + 1}"]
     assert s["frame_ids"].tolist() == [2, pos + 1, 9]
     message = caplog.text
-    assert seq in message and f"frame position {pos}" in message and "'image'" in message and os.path.basename(shard) in message
+    assert seq in message and f"frame position {pos}" in message and os.path.basename(shard) in message
+    assert ("field 'checksum': the row's image/depth/camera bytes differ" if checksums else "field 'image'") in message
     clean = MultiViewDataset(data["root"], "train", img_size=56, augment=False).get_sample(seq, [2, pos + 1, 9], 1.0)
     assert torch.equal(s["images"], clean["images"]) and torch.equal(s["world_points"], clean["world_points"])
 

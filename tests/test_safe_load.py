@@ -117,3 +117,30 @@ def test_getattr_in_a_pickle_only_yields_members_of_allowed_enums(tmp_path):
         assert torch.load(tmp_path / "ok.pt")["stage"] is ZeroStageEnum.gradients
         with pytest.raises(safe_load.UnsafeCheckpointError, match="refusing to load .*attr.pt"):
             torch.load(tmp_path / "attr.pt")
+
+
+class _Encoded:
+    def __init__(self, encoding):
+        self.encoding = encoding
+
+    def __reduce__(self):
+        import _codecs
+
+        return _codecs.encode, ("abc", self.encoding)
+
+
+def test_older_torch_loads_what_newer_torch_allows_and_codecs_only_as_latin1(tmp_path, monkeypatch):
+    """torch 2.1's own allow-list lacks set, bfloat16 and the latin-1 bytes of a protocol-2 numpy array: the
+    fallback unpickler adds them, and `_codecs.encode` decodes nothing but latin-1."""
+    monkeypatch.setattr(safe_load, "_has_safe_globals", lambda: False)
+    obj = {"s": {1, 2}, "dtype": torch.bfloat16, "dev": torch.device("cpu"), "rng": np.random.get_state()}
+    torch.save(obj, str(tmp_path / "ok.pt"))
+    with safe_load.restricted_loads():
+        back = torch.load(str(tmp_path / "ok.pt"))
+    assert back["s"] == {1, 2} and back["dtype"] is torch.bfloat16 and back["dev"] == torch.device("cpu")
+    assert np.array_equal(back["rng"][1], obj["rng"][1])
+    import io
+
+    assert safe_load._RestrictedUnpickler(io.BytesIO(pickle.dumps(_Encoded("latin1"), protocol=2))).load() == b"abc"
+    with pytest.raises(pickle.UnpicklingError, match="rot13"):
+        safe_load._RestrictedUnpickler(io.BytesIO(pickle.dumps(_Encoded("rot13"), protocol=2))).load()

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +72,17 @@ JPEG_QUALITY = 95
 _LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
 
 
+_ADDRESS = re.compile(r"<([\w.]+ object) at 0x[0-9a-fA-F]+>")
+
+
 class BadInput(Exception):
     """One bad input file or entry: `path` names it, `reason` is a key of REASONS, `detail` says what exactly."""
 
     def __init__(self, path: str, reason: str, detail: str = ""):
         assert reason in REASONS, reason
+        # a library's message may hold an object's address ("<_io.BytesIO object at 0x7f...>"): reports would then
+        # differ from run to run; the path already names the file
+        detail = _ADDRESS.sub(r"<\1>", detail)
         self.path, self.reason, self.detail = str(path), reason, detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import hashlib
 import json
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from vggt_train.data import co3d
-from vggt_train.data.schema import SHARD_PATTERN, WORK_DIR
+from vggt_train.data.schema import SHARD_PATTERN, WORK_DIR, payload_checksum
 
 EXIT_HOOK_ENV = "VGGT_TRAIN_TEST_EXIT_AFTER_SHARDS"
 # Seconds between progress lines when stderr is not a terminal (Slurm logs); tests set it small.
@@ -193,12 +194,40 @@ def manifest_path(out: str, part: tuple[int, int]) -> str:
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON so that a reader (or a crash) only ever sees the old or the complete new file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk fails inside write(), whose error names no file: name the one being written
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
+        raise
+
+
+def write_json_exclusive(path: str, obj: Any) -> bool:
+    """Publish a complete JSON file at `path` unless one exists (atomic: of two writers exactly one wins).
+    Returns whether this call created it."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    write_json_atomic(tmp, obj)
+    try:
+        os.link(tmp, path)  # fails if path exists, unlike a rename
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create (a reader may see it half-written)
+        try:
+            with open(tmp) as src, open(path, "x") as f:
+                f.write(src.read())
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        os.remove(tmp)
 
 
 def load_json(path: str, what: str) -> Any:
@@ -294,15 +323,15 @@ def save_plan(out: str, plan: dict) -> None:
     """Store the plan, or check that an existing one (an earlier or parallel part) is the same plan."""
     os.makedirs(work_dir(out), exist_ok=True)
     path = os.path.join(work_dir(out), "plan.json")
-    if os.path.exists(path):
-        old = load_json(path, "the conversion plan")
-        if not isinstance(old, dict):
-            raise ConvertError(f"{path}: the conversion plan is not a JSON object; it was damaged or edited by hand")
-        if old.get("fingerprint") != plan["fingerprint"]:
-            raise ConvertError(f"{out} holds a conversion with other inputs or options (plan {old.get('fingerprint')} "
-                               f"!= {plan['fingerprint']}); use another --out or delete {out}")
+    if not os.path.exists(path) and write_json_exclusive(path, plan):
         return
-    write_json_atomic(path, plan)
+    # an earlier part, or one started at the same moment (write_json_exclusive lets only one create the file)
+    old = load_json(path, "the conversion plan")
+    if not isinstance(old, dict):
+        raise ConvertError(f"{path}: the conversion plan is not a JSON object; it was damaged or edited by hand")
+    if old.get("fingerprint") != plan["fingerprint"]:
+        raise ConvertError(f"{out} holds a conversion with other inputs or options (plan {old.get('fingerprint')} "
+                           f"!= {plan['fingerprint']}); use another --out or delete {out}")
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -325,11 +354,13 @@ def process_sequence(task: dict) -> dict:
             where = entry.get("filepath") if isinstance(entry, dict) else None
             raise FrameError(f"frame {i} ({where}): {type(exc).__name__}: {exc}") from exc
         h, w = fr.size
+        depth = fr.depth.astype("<f2", copy=False).tobytes()
         rows.append({
             "sequence": name, "category": category, "frame": i, "filepath": entry["filepath"],
-            "image": fr.image_jpeg, "depth": fr.depth.astype("<f2", copy=False).tobytes(), "height": h, "width": w,
+            "image": fr.image_jpeg, "depth": depth, "height": h, "width": w,
             "original_height": fr.original_size[0], "original_width": fr.original_size[1],
             "extrinsic": fr.extrinsic, "intrinsic": fr.intrinsic,
+            "checksum": payload_checksum(fr.image_jpeg, depth, fr.extrinsic, fr.intrinsic),  # in the worker: parallel
         })
     dropped = None
     if len(rows) < task["min_frames"] and not (task["strict"] and skipped):
@@ -359,10 +390,9 @@ def _ordered_results(tasks: Iterator[dict], workers: int) -> Iterator[tuple[dict
         for task in tasks:
             yield task, _result(task, lambda: process_sequence(task))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from vggt_train.data.pool import process_pool
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = process_pool(workers)
     pending: collections.deque = collections.deque()
     try:
         for task in tasks:
@@ -517,6 +547,25 @@ def convert(opts: Options) -> dict:
     problem = output_dir_problem(opts.out)
     if problem:
         raise ConvertError(f"cannot write --out {opts.out}: {problem}")
+    from vggt_train import run_lock
+
+    what = f"convert-co3d part {opts.part[0]}/{opts.part[1]}"
+    try:
+        with run_lock.hold(lock_path(opts.out, f"part-{opts.part[0]:05d}-of-{opts.part[1]:05d}"), what, opts.out):
+            merging = run_lock.holder_of(lock_path(opts.out, "merge"))
+            if merging is not None:
+                raise ConvertError(f"{opts.out} is being merged by {run_lock.describe(merging)}; convert after it ends")
+            return _convert(opts, t0)
+    except run_lock.LockHeldError as exc:
+        raise ConvertError(str(exc)) from None
+
+
+def lock_path(out: str, slot: str) -> str:
+    """The lock file of one conversion part ('part-00000-of-00004') or of a merge ('merge') in OUT."""
+    return os.path.join(work_dir(out), f"lock-{slot}")
+
+
+def _convert(opts: Options, t0: float) -> dict:
     plan = make_plan(opts)
     save_plan(opts.out, plan)
     mine = part_jobs(plan, opts.part)

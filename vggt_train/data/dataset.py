@@ -29,19 +29,24 @@ the sample's "replaced" entry. The replacement is deterministic: the same data g
 
 from __future__ import annotations
 
-import array
-import bisect
-import itertools
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from vggt_train.data.finish import Pending, finish_batch
 from vggt_train.data.sampler import IndexInfo, SampleSpec
+from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-exported, part of the dataset's API
+    BadFrame,
+    FrameSource,
+    InMemorySource,
+    RawFrame,
+    ShardReadError,
+    ShardSource,
+    resolve_split_dir,
+)
 from vggt_train.data.transforms import (
     JITTER_FIELDS,
     AugmentConfig,
@@ -60,254 +65,10 @@ from vggt_train.data.transforms import (
 )
 
 log = logging.getLogger("vggt_train.data")
+__all__ = ["MultiViewDataset", "BadFrame", "FrameSource", "InMemorySource", "RawFrame", "ShardReadError", "ShardSource",
+           "resolve_split_dir"]
 
 _MAX_LOGGED = 10000  # distinct bad frames remembered for once-only warnings (bounds the set's memory)
-
-
-# ----------------------------------------------------------------------------------------------- frame sources
-@dataclass
-class RawFrame:
-    """One stored frame: encoded image (bytes-like) or [H, W, 3] uint8, depth [H, W] (float16/32, may be a
-    read-only view), extrinsic [3, 4] and intrinsic [3, 3] (float64), annotation frame index, and where it lives."""
-
-    image: Any
-    depth: np.ndarray
-    extrinsic: np.ndarray
-    intrinsic: np.ndarray
-    frame: int
-    where: str
-
-
-class BadFrame(Exception):
-    """A stored frame that cannot be used: `where` names the file/row, `field` the column, `detail` the cause."""
-
-    def __init__(self, where: str, field: str, detail: str):
-        self.where, self.field, self.detail = where, field, detail
-        super().__init__(f"{where}: field {field!r}: {detail}")
-
-
-class ShardReadError(RuntimeError):
-    """A row of a converted shard cannot be read (damaged buffers); the message names the shard and the row."""
-
-
-class FrameSource:
-    """What MultiViewDataset reads from. Subclasses set `sequences` and implement num_frames / read_frame."""
-
-    sequences: List[str]
-
-    def num_frames(self, sequence: str) -> int:
-        raise NotImplementedError
-
-    def category(self, sequence: str) -> str:
-        return ""
-
-    def read_frame(self, sequence: str, position: int) -> RawFrame:
-        """Frame at `position` (0..num_frames-1) of `sequence`; raises BadFrame for unusable stored data."""
-        raise NotImplementedError
-
-    def index_info(self) -> IndexInfo:
-        return IndexInfo(tuple(self.sequences), tuple(self.num_frames(s) for s in self.sequences))
-
-
-def _as_bytes_view(value) -> memoryview:
-    return memoryview(value.as_buffer() if hasattr(value, "as_buffer") else value)
-
-
-_SHARD_COLUMNS = ("image", "depth", "height", "width", "extrinsic", "intrinsic", "frame")
-
-
-def _storage(column):
-    """A chunked column without its extension type (Array2D: list<list<float64>>): indexing the storage skips
-    the extension-array wrappers, which cost more than the read itself."""
-    import pyarrow as pa
-
-    if not isinstance(column.type, pa.ExtensionType):
-        return column
-    return pa.chunked_array([c.storage for c in column.chunks], type=column.type.storage_type)
-
-
-class _ShardRows:
-    """Rows of the columns MultiViewDataset reads, straight from the memory-mapped Arrow buffers.
-
-    The columns are chunked alike (one chunk per record batch; a table whose columns are not is re-batched,
-    zero-copy), so a row is located once, by bisection over the chunk starts. Nothing is cached per row or per
-    chunk: the converter writes 64-row record batches, so a Co3D split has tens of thousands of chunks, and
-    views kept of each would grow with the rows a worker has touched.
-    """
-
-    def __init__(self, table):
-        import pyarrow as pa
-
-        table = table.select(list(_SHARD_COLUMNS))
-        lengths = [len(c) for c in table.column(0).chunks]
-        if any([len(c) for c in table.column(n).chunks] != lengths for n in _SHARD_COLUMNS[1:]):
-            table = pa.Table.from_batches(table.to_batches(), schema=table.schema)
-            lengths = [len(c) for c in table.column(0).chunks]
-        self.starts = array.array("q", itertools.accumulate([0] + lengths))  # 8 bytes a chunk; bisect is ~3x faster than np.searchsorted
-        image_type = table.schema.field("image").type
-        image_field = image_type.get_field_index("bytes")
-        # flatten() merges the struct's nulls into its fields
-        self.image = pa.chunked_array([c.flatten()[image_field] for c in table.column("image").chunks],
-                                      type=image_type[image_field].type)
-        self.depth, self.height, self.width, self.frame = (table.column(n) for n in ("depth", "height", "width", "frame"))
-        self.extrinsic, self.intrinsic = _storage(table.column("extrinsic")), _storage(table.column("intrinsic"))
-        # One byte per chunk: set once the chunk's buffers passed validate(full=True). Damaged offsets would
-        # otherwise make a read crash the process (or slice out of bounds) instead of raising.
-        self.validated = bytearray(len(lengths))
-
-    def _validate(self, ci: int) -> None:
-        for col in (self.image, self.depth, self.height, self.width, self.frame, self.extrinsic, self.intrinsic):
-            col.chunk(ci).validate(full=True)
-        self.validated[ci] = 1
-
-    def read(self, row: int) -> Dict[str, Any]:
-        """Row `row` of the table: image / depth (pa.Buffer, zero-copy) and extrinsic / intrinsic (float64
-        arrays) are None where null; height, width and frame as Python ints."""
-        ci = bisect.bisect_right(self.starts, row) - 1
-        i = row - self.starts[ci]
-        if not self.validated[ci]:
-            self._validate(ci)
-        return {
-            "image": _binary(self.image.chunk(ci), i),
-            "depth": _binary(self.depth.chunk(ci), i),
-            "height": self.height.chunk(ci)[i].as_py(),
-            "width": self.width.chunk(ci)[i].as_py(),
-            "extrinsic": _matrix(self.extrinsic.chunk(ci), i, (3, 4)),
-            "intrinsic": _matrix(self.intrinsic.chunk(ci), i, (3, 3)),
-            "frame": self.frame.chunk(ci)[i].as_py(),
-        }
-
-
-def _binary(arr, i: int):
-    """Row i of a binary / large_binary array as a pa.Buffer sliced from the array's data buffer (zero-copy), or
-    None for a null. A pyarrow scalar copies its value: ~20 us for a 600x800 float16 depth."""
-    import pyarrow as pa
-
-    if arr.null_count and not arr[i].is_valid:
-        return None
-    _, offsets, data = arr.buffers()
-    kind = np.dtype(np.int64 if pa.types.is_large_binary(arr.type) else np.int32)
-    start, stop = (int(x) for x in np.frombuffer(offsets, kind, count=2, offset=(arr.offset + i) * kind.itemsize))
-    if not 0 <= start <= stop <= (0 if data is None else data.size):
-        raise ValueError(f"value offsets {start}..{stop} outside the {0 if data is None else data.size}-byte data buffer")
-    return pa.py_buffer(b"") if data is None else data.slice(start, stop - start)
-
-
-def _matrix(lists, i: int, shape) -> Optional[np.ndarray]:
-    """Row i of a list<list<float>> array as float64 [shape] (a zero-copy view of float64 values), or None for
-    a null row. The value range comes from the offsets: pyarrow's flatten() costs ~5 us a level."""
-    if lists.null_count and not lists[i].is_valid:
-        return None
-    rows = lists[i].values  # the row's inner lists: a slice, whose offsets account for it
-    offsets = rows.offsets
-    start, stop = offsets[0].as_py(), offsets[len(rows)].as_py()
-    values = rows.values.slice(start, stop - start)
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(shape)
-
-
-class ShardSource(FrameSource):
-    """Frames of one converted split (`OUT/<split>`), read column-by-column from the memory-mapped shards."""
-
-    def __init__(self, split_dir: str, categories: Optional[Sequence[str]] = None):
-        from vggt_train.data.reader import Co3DSplit
-
-        self.split_dir = split_dir
-        self.categories = sorted(set(categories)) if categories else None
-        self.split = Co3DSplit(split_dir)
-        self.sequences = list(self.split.sequences)
-        if self.categories is not None:
-            present = {self.split.category(s) for s in self.sequences}
-            absent = [c for c in self.categories if c not in present]
-            if absent:
-                raise ValueError(f"{split_dir}: no sequences of categor{'y' if len(absent) == 1 else 'ies'} {absent}; "
-                                 f"it holds {sorted(present)}")
-            self.sequences = [s for s in self.sequences if self.split.category(s) in self.categories]
-        self._seq_pos = {s: i for i, s in enumerate(self.sequences)}
-        ds = self.split.dataset
-        if getattr(ds, "_indices", None) is not None:
-            raise ValueError(f"{split_dir}: the dataset has an indices mapping (select/shuffle); MultiViewDataset needs the converter's layout")
-        table = getattr(ds.data, "table", ds.data)
-        missing = [n for n in _SHARD_COLUMNS if n not in table.column_names]
-        if missing:
-            raise ValueError(f"{split_dir}: columns {missing} are missing (not a convert-co3d dataset?)")
-        self._rows = _ShardRows(table)
-        self._files = [f["filename"] for f in ds.cache_files] if ds.cache_files else [split_dir]
-
-    def __getstate__(self):
-        return {"split_dir": self.split_dir, "categories": self.categories}
-
-    def __setstate__(self, state):
-        self.__init__(state["split_dir"], state.get("categories"))
-
-    def num_frames(self, sequence: str) -> int:
-        return self.split.num_frames(sequence)
-
-    def category(self, sequence: str) -> str:
-        return self.split.category(sequence)
-
-    def sequence_position(self, sequence: str) -> int:
-        return self._seq_pos[sequence]
-
-    def _where(self, sequence: str, position: int, row: int) -> str:
-        shard = getattr(self.split, "_index", {}).get(sequence, {}).get("shard")
-        path = self._files[shard] if isinstance(shard, int) and 0 <= shard < len(self._files) else self.split_dir
-        return f"{path} (sequence {sequence}, frame position {position}, row {row})"
-
-    def read_frame(self, sequence: str, position: int) -> RawFrame:
-        rows = self.split.rows(sequence)
-        row = rows.start + int(position)
-        if not 0 <= position < len(rows):
-            raise IndexError(f"frame position {position} out of range for {sequence} with {len(rows)} frames")
-        where = self._where(sequence, position, row)
-        try:
-            r = self._rows.read(row)
-        except Exception as exc:  # damaged buffers: one line naming the shard and the row, not a pyarrow traceback
-            raise ShardReadError(f"{where}: cannot read the row ({type(exc).__name__}: {exc}); the shard is damaged "
-                                 f"(run `vggt-train verify-dataset`)") from None
-        for name, what in (("image", "image bytes"), ("depth", "depth bytes"), ("extrinsic", "camera"), ("intrinsic", "camera")):
-            if r[name] is None:
-                raise BadFrame(where, name, f"no {what} (null)")
-        h, w, depth = r["height"], r["width"], r["depth"]
-        if depth.size != h * w * 2:
-            raise BadFrame(where, "depth", f"{depth.size} bytes, expected {h}x{w} float16 = {h * w * 2}")
-        return RawFrame(image=r["image"], depth=np.frombuffer(depth, dtype="<f2").reshape(h, w), extrinsic=r["extrinsic"],
-                        intrinsic=r["intrinsic"], frame=int(r["frame"]), where=where)
-
-
-class InMemorySource(FrameSource):
-    """Frames held in memory, for tests and tiny experiments.
-
-    frames: {sequence: [{"image": encoded bytes or [H, W, 3] uint8, "depth": [H, W], "extrinsic": [3, 4],
-    "intrinsic": [3, 3]}, ...]}.
-    """
-
-    def __init__(self, frames: Mapping[str, Sequence[Mapping[str, Any]]], categories: Optional[Mapping[str, str]] = None):
-        self.frames = {str(k): list(v) for k, v in frames.items()}
-        self.sequences = list(self.frames)
-        self._categories = dict(categories or {})
-
-    def num_frames(self, sequence: str) -> int:
-        return len(self.frames[sequence])
-
-    def category(self, sequence: str) -> str:
-        return self._categories.get(sequence, "")
-
-    def read_frame(self, sequence: str, position: int) -> RawFrame:
-        f = self.frames[sequence][position]
-        return RawFrame(f["image"], np.asarray(f["depth"]), np.asarray(f["extrinsic"], np.float64),
-                        np.asarray(f["intrinsic"], np.float64), int(f.get("frame", position)), f"memory:{sequence}/{position}")
-
-
-def resolve_split_dir(path: str, split: Optional[str]) -> str:
-    """OUT + split -> OUT/split; a split directory itself is accepted too. Raises FileNotFoundError with a hint."""
-    from vggt_train.data.schema import INDEX_FILE
-
-    candidates = ([os.path.join(path, split)] if split else []) + [path]
-    for c in candidates:
-        if os.path.isfile(os.path.join(c, INDEX_FILE)):
-            return c
-    raise FileNotFoundError(f"no converted split at {os.path.join(path, split) if split else path} (expected {INDEX_FILE}; "
-                            f"make one with `vggt-train convert-co3d --out {path}`)")
 
 
 # ----------------------------------------------------------------------------------------------- the dataset

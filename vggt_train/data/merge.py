@@ -107,7 +107,25 @@ def _move(src: str, dst: str) -> None:
 
 
 def merge_parts(out: str, part_dirs: list[str]) -> dict:
-    """Move the finished shards and manifests of `part_dirs` into `out`, then finalize `out`."""
+    """Move the finished shards and manifests of `part_dirs` into `out`, then finalize `out` (holding OUT's merge
+    lock; refused while a conversion part still runs in OUT or in one of `part_dirs`)."""
+    from vggt_train import run_lock
+    from vggt_train.data.convert import lock_path
+
+    try:
+        with run_lock.hold(lock_path(out, "merge"), "merge-shards", out):
+            for d in [out, *part_dirs]:
+                wdir = os.path.join(d, WORK_DIR)
+                for name in sorted(os.listdir(wdir)) if os.path.isdir(wdir) else []:
+                    holder = run_lock.holder_of(os.path.join(wdir, name)) if name.startswith("lock-part-") else None
+                    if holder is not None:
+                        raise MergeError(f"{d} is still being written by {run_lock.describe(holder)}; merge after it ends")
+            return _merge_parts(out, part_dirs)
+    except run_lock.LockHeldError as exc:
+        raise MergeError(str(exc)) from None
+
+
+def _merge_parts(out: str, part_dirs: list[str]) -> dict:
     from vggt_train.data.convert import load_part_manifest, write_json_atomic
 
     plan = None

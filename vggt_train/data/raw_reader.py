@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from vggt_train.data import co3d
-from vggt_train.data.dataset import BadFrame, FrameSource, RawFrame
+from vggt_train.data.sources import BadFrame, FrameSource, RawFrame
 
 _FIELD_OF_REASON = {"missing_image": "image", "corrupt_image": "image", "missing_depth": "depth", "corrupt_depth": "depth",
                     "missing_mask": "mask", "corrupt_mask": "mask", "bad_camera": "camera", "bad_annotation": "annotation",

@@ -15,9 +15,14 @@ One row per frame, rows grouped by sequence (frames in annotation order):
 | original_width    |                           |                                                                    |
 | extrinsic         | Array2D((3, 4), float64)  | OpenCV camera-from-world [R | t]                                   |
 | intrinsic         | Array2D((3, 3), float64)  | pixel intrinsics of the *stored* image                             |
+| checksum          | uint64                    | xxh3-64 of the row's payload (payload_checksum; schema >= 2)       |
 
 Depth is a binary column, not a nested list: viewing its bytes costs ~nothing, while nested lists of 480k floats
 are materialised as Python objects (measured by bench/convert_throughput.py; table in the README's data section).
+
+The checksum turns silent damage inside a row (bit rot, an edited byte) into a reported bad frame: every read in
+the training workers and every row of verify-dataset recomputes it. Datasets of schema 1 have no such column;
+they still load, with a note.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the per-row `checksum` column
+CHECKSUM_COLUMN = "checksum"
 SHARD_PATTERN = "data-{index:05d}-of-{count:05d}.arrow"  # the names save_to_disk gives, so load_from_disk opens them
 INDEX_FILE = "sequence_index.json"  # per split, next to state.json
 MANIFEST_FILE = "manifest.json"  # top level: checksums of every shard, written when the dataset is complete
@@ -36,14 +42,28 @@ REPORT_FILE = "report.json"  # top level: every skipped frame / sequence / annot
 WORK_DIR = "_convert"  # top level: plan + per-part manifests of a conversion in progress (kept for resume/merge)
 
 COLUMNS = ("sequence", "category", "frame", "filepath", "image", "depth", "height", "width",
-           "original_height", "original_width", "extrinsic", "intrinsic")
+           "original_height", "original_width", "extrinsic", "intrinsic", CHECKSUM_COLUMN)
 
 
-def features():
-    """The `datasets.Features` of a converted split (imports `datasets` lazily: workers never need it)."""
+def payload_checksum(image, depth, extrinsic, intrinsic) -> int:
+    """xxh3-64 of a row's payload: image bytes, depth bytes, then extrinsic [3, 4] and intrinsic [3, 3] as
+    little-endian float64 (C order). `image`/`depth`: bytes or any buffer (pa.Buffer, memoryview)."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    h.update(image)
+    h.update(depth)
+    h.update(np.ascontiguousarray(extrinsic, "<f8").tobytes())
+    h.update(np.ascontiguousarray(intrinsic, "<f8").tobytes())
+    return h.intdigest()
+
+
+def features(with_checksum: bool = True):
+    """The `datasets.Features` of a converted split (imports `datasets` lazily: workers never need it);
+    `with_checksum=False`: schema 1's, before the checksum column."""
     import datasets
 
-    return datasets.Features({
+    feats = datasets.Features({
         "sequence": datasets.Value("string"),
         "category": datasets.Value("string"),
         "frame": datasets.Value("int32"),
@@ -57,13 +77,16 @@ def features():
         "extrinsic": datasets.Array2D((3, 4), "float64"),
         "intrinsic": datasets.Array2D((3, 3), "float64"),
     })
+    if with_checksum:
+        feats[CHECKSUM_COLUMN] = datasets.Value("uint64")
+    return feats
 
 
-def arrow_schema():
+def arrow_schema(with_checksum: bool = True):
     """pyarrow schema with the `huggingface` metadata that `load_from_disk` reads the features from."""
     import pyarrow as pa
 
-    feats = features()
+    feats = features(with_checksum)
     meta = json.dumps({"info": {"features": feats.to_dict()}}, sort_keys=True)
     return pa.schema(feats.type).with_metadata({"huggingface": meta})
 
@@ -83,6 +106,8 @@ def frame_columns(rows: list[dict]) -> dict[str, list]:
         "original_width": [r["original_width"] for r in rows],
         "extrinsic": [np.asarray(r["extrinsic"], np.float64).tolist() for r in rows],
         "intrinsic": [np.asarray(r["intrinsic"], np.float64).tolist() for r in rows],
+        CHECKSUM_COLUMN: [r["checksum"] if r.get("checksum") is not None else
+                          payload_checksum(r["image"], r["depth"], r["extrinsic"], r["intrinsic"]) for r in rows],
     }
 
 

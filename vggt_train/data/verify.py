@@ -48,21 +48,27 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
         table = open_shard(path)  # every record batch passes validate(full=True) before a value is read
     except ShardError as exc:
         return {"errors": errors + [str(exc).replace(path, name, 1)], "runs": runs, "unreadable": True}
+    result = {"errors": errors, "runs": runs, "checksums": True}
     try:
-        _check_table(table, name, expected, decode, errors, runs)
+        result["checksums"] = _check_table(table, name, expected, decode, errors, runs)
     except Exception as exc:  # never crash the whole verification on one odd shard
         errors.append(f"{name}: reading the rows failed ({type(exc).__name__}: {exc})")
-    return {"errors": errors, "runs": runs}
+    return result
 
 
-def _check_table(table, name: str, expected: dict, decode: bool, errors: list, runs: list) -> None:
-    from vggt_train.data.schema import arrow_schema
+def _check_table(table, name: str, expected: dict, decode: bool, errors: list, runs: list) -> bool:
+    """Append what is wrong with a shard's rows to `errors`; returns whether the shard has per-row checksums."""
+    from vggt_train.data.schema import CHECKSUM_COLUMN, arrow_schema, payload_checksum
 
     expected_schema = arrow_schema()
+    has_checksums = True
     if not table.schema.equals(expected_schema, check_metadata=True):
-        diff = [f.name for f in expected_schema if f.name not in table.schema.names or table.schema.field(f.name) != f]
-        errors.append(f"{name}: schema differs from the expected one (columns {diff or 'metadata'})")
-        return
+        if table.schema.equals(arrow_schema(with_checksum=False), check_metadata=True):
+            has_checksums = False  # schema 1: valid, without the checksum column
+        else:
+            diff = [f.name for f in expected_schema if f.name not in table.schema.names or table.schema.field(f.name) != f]
+            errors.append(f"{name}: schema differs from the expected one (columns {diff or 'metadata'})")
+            return True
     if table.num_rows != expected["rows"]:
         errors.append(f"{name}: {table.num_rows} rows, manifest says {expected['rows']}")
     cols = {c: table.column(c) for c in ("sequence", "frame", "height", "width")}
@@ -87,12 +93,16 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
         errors.append(f"{name}: non-finite camera in rows {bad_cam[:5].tolist()}")
     depth_col = table.column("depth")
     img_col = table.column("image").combine_chunks().field("bytes")
+    sums = table.column(CHECKSUM_COLUMN).to_numpy() if has_checksums else None
     for i in range(table.num_rows):
         where = f"{name}: row {i} ({seqs[i]} frame {frames[i]})"
         buf = depth_col[i].as_buffer()
         if buf is None or buf.size != int(hs[i]) * int(ws[i]) * 2:
             errors.append(f"{where}: depth has {None if buf is None else buf.size} bytes, expected {hs[i]}x{ws[i]}x2")
             continue
+        image = img_col[i].as_buffer()
+        if sums is not None and payload_checksum(image if image is not None else b"", buf, ext[i], intr[i]) != int(sums[i]):
+            errors.append(f"{where}: checksum mismatch: its image/depth/camera bytes differ from what was converted")
         if decode:
             d = np.frombuffer(buf, "<f2")
             if not np.isfinite(d).all():
@@ -106,6 +116,7 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
                         errors.append(f"{where}: image {im.size[1]}x{im.size[0]} but height/width {hs[i]}x{ws[i]}")
             except Exception as exc:
                 errors.append(f"{where}: image does not decode ({type(exc).__name__}: {exc})")
+    return has_checksums
 
 
 def _split_tasks(root: str, split: str, info: dict) -> list[tuple[str, dict]]:
@@ -183,18 +194,20 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
                            f"'bytes', 'sha256', 'rows'}}]}}}}}} structure"], "warnings": [], "splits": {}}
     tasks = [(split, path, entry) for split, info in manifest["splits"].items() for path, entry in _split_tasks(root, split, info)]
     if workers > 1 and len(tasks) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from vggt_train.data.pool import process_pool
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             results = list(pool.map(verify_shard, [t[1] for t in tasks], [t[2] for t in tasks], [decode] * len(tasks)))
     else:
         results = [verify_shard(p, e, decode) for _s, p, e in tasks]
     per_split: dict[str, dict] = {}
     by_split: dict[str, list] = {}
     unreadable: set[str] = set()  # splits with a shard that could not be read: their rows are unknown
+    no_checksums: list[str] = []
     for (split, _p, _e), res in zip(tasks, results):
         errors += [f"{split}/{e}" for e in res["errors"]]
+        if not res.get("checksums", True) and split not in no_checksums:
+            no_checksums.append(split)
         by_split.setdefault(split, []).append(res["runs"])
         if res.get("unreadable"):
             unreadable.add(split)
@@ -245,6 +258,8 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
         per_split[split] = {"rows": info["num_rows"], "sequences": None if expect is None else len(expect),
                             "shards": len(info["shards"])}
     warnings = [f"{rel}: stray file (not part of the dataset; safe to delete)" for rel in stray_files(root, manifest)]
+    warnings += [f"{split}: no per-row checksums (converted before schema 2): damage inside a row is only caught by "
+                 f"the shard sha256 here, not in training; convert again to add them" for split in no_checksums]
     return {"errors": errors, "warnings": warnings, "splits": per_split}
 
 
@@ -265,7 +280,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{split}: {st['rows']} frames, {seqs} sequences, {st['shards']} shards")
     for w in result["warnings"]:
         print(f"WARNING {w}")
-    warned = f" and {len(result['warnings'])} stray file(s)" if result["warnings"] else ""
+    strays = sum("stray file" in w for w in result["warnings"])
+    others = len(result["warnings"]) - strays
+    warned = (f" and {strays} stray file(s)" if strays else "") + (f" and {others} warning(s)" if others else "")
     if result["errors"]:
         for e in result["errors"]:
             print(f"ERROR {e}")

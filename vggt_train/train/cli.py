@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -32,25 +33,45 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    from vggt_train.cli import describe_os_error
+    from vggt_train import run_lock
+    from vggt_train.run_lock import LOCK_FILE, LockHeldError
+
+    with contextlib.ExitStack() as stack:
+        if _is_rank0():  # one lock per run, taken before anything is written (error.txt belongs to the holder)
+            try:
+                stack.enter_context(run_lock.hold(Path(cfg.output_dir) / LOCK_FILE, "training (vggt-train train)"))
+            except LockHeldError as exc:
+                raise CLIError(str(exc)) from None
+            except OSError as exc:
+                from vggt_train.cli import describe_os_error
+
+                raise CLIError(f"cannot lock output_dir: {describe_os_error(exc)}") from None
+        _train(cfg)
+    return 0
+
+
+def _train(cfg) -> None:
+    from vggt_train.cli import CLIError, describe_os_error
     from vggt_train.model.hub import CheckpointSourceError
+    from vggt_train.train.config import ConfigError
     from vggt_train.train.device import DeviceError
     from vggt_train.train.loop import Trainer, TrainingError
 
     _clear_error_file(cfg.output_dir)
     try:
         Trainer(cfg).fit()
-    except (TrainingError, ConfigError, DeviceError, CheckpointSourceError) as exc:
+    except (ConfigError, DeviceError, CheckpointSourceError) as exc:  # the same on every rank: said once
         _fail(CLIError(str(exc)), cfg.output_dir)
+    except TrainingError as exc:  # may be one rank's own (its weights, its data): every rank says it
+        _fail(CLIError(str(exc)), cfg.output_dir, every_rank=True)
     except OSError as exc:  # a full disk, a permission, an output_dir that is a file: the user's to fix
-        _fail(CLIError(describe_os_error(exc)), cfg.output_dir)
+        _fail(CLIError(describe_os_error(exc)), cfg.output_dir, every_rank=True)
     except BaseException as exc:  # a bug: keep the traceback, and leave it where a buried launcher log is not needed
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             _write_error_file(cfg.output_dir, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         raise
     finally:
         _shutdown_distributed()
-    return 0
 
 
 ERROR_FILE = "error.txt"
@@ -96,12 +117,15 @@ def _output_dir_of(args: argparse.Namespace) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _fail(error: Exception, output_dir: Optional[str] = None) -> None:
-    """Every rank stops with exit code 2, but only rank 0 prints: one line, not one per process (also written
-    to <output_dir>/error.txt)."""
+def _fail(error: Exception, output_dir: Optional[str] = None, every_rank: bool = False) -> None:
+    """Every rank stops with exit code 2. Rank 0 prints the line (also written to <output_dir>/error.txt); the
+    others print theirs, prefixed with the rank, only for `every_rank` errors: those that can be one rank's alone
+    (a config error is every rank's and is said once)."""
     if _is_rank0():
         _write_error_file(output_dir, f"vggt-train train: error: {error}")
         raise error from None
+    if every_rank:
+        print(f"vggt-train train: error (rank {os.environ.get('RANK')}): {error}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 

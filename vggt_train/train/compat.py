@@ -128,3 +128,35 @@ def deepspeed_accumulation_problem(grad_accum_steps: int) -> "str | None":
     return (f"train.grad_accum_steps={grad_accum_steps} under DeepSpeed {deepspeed.__version__}: DeepSpeed before "
             f"{'.'.join(map(str, DEEPSPEED_ACCUMULATION_MIN))} accumulates ZeRO gradients wrongly; use deepspeed >= "
             f"0.18.3 (it needs torch >= 2.2), or train.grad_accum_steps=1 with a larger data.max_img_per_gpu")
+
+
+# DeepSpeed up to 0.18.x skips a step on a non-finite gradient only under fp16 (its loss scaler's overflow check):
+# an fp32 or bf16 ZeRO step applies NaN to the weights. Its ZeRO optimizers do skip (and clean up) whenever their
+# `overflow` attribute is set when step() looks at it, and newer releases recompute it inside step() from the
+# gradients themselves, so setting it from the trainer's own all-rank finiteness check is right for every release.
+_NONFINITE_FLAG = "_vggt_train_nonfinite_step"
+
+
+def arm_nonfinite_skip(zero_optimizer) -> None:
+    """Make `zero_optimizer.step()` skip the step (as DeepSpeed's overflow path does) when the trainer flagged it
+    with flag_nonfinite_step; a no-op for an optimizer without DeepSpeed's `overflow` attribute."""
+    if not hasattr(zero_optimizer, "overflow") or getattr(zero_optimizer, _NONFINITE_FLAG, None) is not None:
+        return
+    real_step = zero_optimizer.step
+
+    def step(*args, **kwargs):
+        if getattr(zero_optimizer, _NONFINITE_FLAG, False):
+            zero_optimizer.overflow = True
+        else:
+            zero_optimizer.overflow = False
+        setattr(zero_optimizer, _NONFINITE_FLAG, False)
+        return real_step(*args, **kwargs)
+
+    setattr(zero_optimizer, _NONFINITE_FLAG, False)
+    zero_optimizer.step = step
+
+
+def flag_nonfinite_step(zero_optimizer, nonfinite: bool) -> None:
+    """Tell the armed optimizer whether the coming step() must be skipped (every rank passes the same value)."""
+    if getattr(zero_optimizer, _NONFINITE_FLAG, None) is not None:
+        setattr(zero_optimizer, _NONFINITE_FLAG, bool(nonfinite))

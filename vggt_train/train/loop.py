@@ -21,7 +21,7 @@ import torch
 from vggt_train import kernels
 from vggt_train.data.finish import finish_batch
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
-from vggt_train.train import checkpointing, clipping, paths, run_info, safe_load
+from vggt_train.train import checkpointing, clipping, compat, paths, run_info, safe_load
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import DeviceChoice, check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
@@ -208,6 +208,8 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         # under DeepSpeed, per-group clipping hooks into its ZeRO optimizer (fails clearly where it cannot)
         self.clipper = clipping.install(self.model, cfg.optim.clip_groups) if self.deepspeed and cfg.optim.clip_mode == "per_group" else None
+        if self.deepspeed:  # a step the trainer found non-finite is skipped by every DeepSpeed release (see compat)
+            compat.arm_nonfinite_skip(self.model.optimizer)
         self.state = TrainerState()
         self.log = MetricsLog(cfg.output_dir, enabled=acc.is_main_process)
         self.resumed_from: Optional[str] = None
@@ -303,7 +305,9 @@ class Trainer:
                     skipped = True
                 if self.deepspeed:
                     # a NaN gradient makes DeepSpeed's overflow check drop the step on every rank together with
-                    # the gradients accumulated so far: how a non-finite micro-batch skips the whole step
+                    # the gradients accumulated so far: how a non-finite micro-batch skips the whole step (the flag
+                    # does the same where DeepSpeed checks only fp16 steps)
+                    compat.flag_nonfinite_step(self.model.optimizer, skipped)
                     acc.backward(objective * float("nan") if skipped else objective)
                 elif not skipped:
                     acc.backward(objective)
@@ -324,8 +328,10 @@ class Trainer:
                     self.clipper.check_step()
                 group_norms = self.clipper.take_norms()
             if skipped and not _params_finite(self.model):
-                raise TrainingError("DeepSpeed applied a non-finite update (this DeepSpeed version does not skip "
-                                    "overflowing fp32 steps); use deepspeed >= 0.14")
+                import deepspeed
+
+                raise TrainingError(f"DeepSpeed {deepspeed.__version__} applied a non-finite update although the step "
+                                    f"was to be skipped; the weights are lost from here: resume from the last checkpoint")
         else:
             if not skipped:
                 norms = clip_gradients(acc.unwrap_model(self.model), cfg.optim)

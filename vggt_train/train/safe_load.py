@@ -97,13 +97,37 @@ def _allowed_entries() -> List[Tuple[str, Callable[[], object]]]:
     return entries
 
 
+def _latin1_encode(text, encoding="utf-8"):
+    """What a checkpoint's `_codecs.encode` may do: protocol-2 pickles (torch.save's default) store bytes, e.g. a
+    numpy array's raw data, as encode(str, "latin1"). Any other use is refused."""
+    if isinstance(text, str) and encoding in ("latin1", "latin-1"):
+        return text.encode("latin1")
+    raise pickle.UnpicklingError(f"it needs _codecs.encode(..., {encoding!r}), which is not a latin-1 byte string")
+
+
+_latin1_encode.__module__, _latin1_encode.__qualname__, _latin1_encode.__name__ = "_codecs", "encode", "encode"
+
+
+def _newer_torch_defaults() -> Dict[str, object]:
+    """Plain data types that newer torch's weights-only unpickler allows and torch 2.1's lacks (the same checkpoint
+    must load on both stacks): every torch dtype, torch.device, set/bytearray/complex/Counter, latin-1 bytes."""
+    import collections
+
+    out: Dict[str, object] = {f"torch.{name}": obj for name, obj in vars(torch).items() if isinstance(obj, torch.dtype)}
+    out.update({"torch.device": torch.device, "builtins.set": set, "builtins.bytearray": bytearray,
+                "builtins.complex": complex, "collections.Counter": collections.Counter, "_codecs.encode": _latin1_encode})
+    return out
+
+
 def _torch_allowed() -> Dict[str, object]:
+    """torch's own weights-only allow-list, completed with what newer releases added (see _newer_torch_defaults)."""
     try:
         from torch._weights_only_unpickler import _get_allowed_globals
 
-        return dict(_get_allowed_globals())
+        found = dict(_get_allowed_globals())
     except Exception:  # pragma: no cover - every torch we support has it
-        return {}
+        found = {}
+    return {**found, **_newer_torch_defaults()}  # ours last: the latin-1-only encode replaces the general one
 
 
 def allowed_names() -> set:
@@ -262,6 +286,18 @@ def _describe(f) -> str:
     return str(f) if isinstance(f, (str, Path)) else getattr(f, "name", repr(f))
 
 
+def _safe_globals_list() -> list:
+    """ALLOWED plus the callables of _newer_torch_defaults that this torch's own list lacks."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        own = set(_get_allowed_globals())
+    except Exception:  # pragma: no cover
+        own = set()
+    extra = [obj for name, obj in _newer_torch_defaults().items() if name not in own and callable(obj)]
+    return list(_resolved_allowed().values()) + extra
+
+
 def make_restricted_load(real_load: Callable) -> Callable:
     def restricted_load(f, map_location=None, pickle_module=None, *, weights_only=None, **kwargs):
         name = _describe(f)
@@ -270,7 +306,7 @@ def make_restricted_load(real_load: Callable) -> Callable:
         kwargs.pop("weights_only", None)
         try:
             if _has_safe_globals():
-                with torch.serialization.safe_globals(list(_resolved_allowed().values())):
+                with torch.serialization.safe_globals(_safe_globals_list()):
                     return real_load(f, map_location=map_location, weights_only=True, **kwargs)
             kwargs.pop("mmap", None) if "mmap" not in _load_params(real_load) else None
             return real_load(f, map_location=map_location, pickle_module=_RestrictedPickleModule, weights_only=False, **kwargs)
