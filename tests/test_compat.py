@@ -62,3 +62,30 @@ def test_torch_cpu_has_a_set_device_accelerate_can_call():
     compat.ensure_cpu_set_device()
     torch.cpu.set_device(torch.device("cpu"))  # a no-op, as in newer torch
     assert compat.ensure_cpu_set_device() is False  # idempotent
+
+
+class _Zero:
+    """The part of a DeepSpeed ZeRO optimizer the skip relies on: step() skips when `overflow` is set, and (as
+    DeepSpeed <= 0.18 does for fp32) never sets it itself."""
+
+    def __init__(self):
+        self.overflow = False
+        self.applied = []
+
+    def step(self, closure=None):
+        self.applied.append(not self.overflow)
+
+
+def test_a_flagged_step_is_skipped_and_the_next_one_applies():
+    opt = _Zero()
+    compat.arm_nonfinite_skip(opt)
+    compat.arm_nonfinite_skip(opt)  # arming twice wraps once
+    compat.flag_nonfinite_step(opt, False)
+    opt.step()
+    compat.flag_nonfinite_step(opt, True)
+    opt.step()
+    opt.step()  # the flag is per step: unflagged, the next one applies again
+    assert opt.applied == [True, False, True]
+    plain = object()
+    compat.arm_nonfinite_skip(plain)  # not a ZeRO optimizer: nothing to arm, nothing raised
+    compat.flag_nonfinite_step(plain, True)
