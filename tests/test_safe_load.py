@@ -144,3 +144,20 @@ def test_older_torch_loads_what_newer_torch_allows_and_codecs_only_as_latin1(tmp
     assert safe_load._RestrictedUnpickler(io.BytesIO(pickle.dumps(_Encoded("latin1"), protocol=2))).load() == b"abc"
     with pytest.raises(pickle.UnpicklingError, match="rot13"):
         safe_load._RestrictedUnpickler(io.BytesIO(pickle.dumps(_Encoded("rot13"), protocol=2))).load()
+
+
+def test_numpy_arrays_load_whatever_numpy_modules_were_imported_before():
+    """numpy 1.26 ships a numpy._core shim package: once something imported it, np._core exists without its
+    submodules. The allow-list must still resolve numpy's array rebuild under both of its pickled names."""
+    import importlib
+
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            shim = importlib.import_module("numpy._core")
+            if not hasattr(np, "_core"):
+                mp.setattr(np, "_core", shim, raising=False)
+        except ImportError:
+            pass
+        resolved = safe_load._resolved_allowed()
+    assert resolved["numpy.core.multiarray._reconstruct"] is resolved["numpy._core.multiarray._reconstruct"]
+    assert callable(resolved["numpy.core.multiarray._reconstruct"])

@@ -70,10 +70,14 @@ def _allowed_entries() -> List[Tuple[str, Callable[[], object]]]:
         return get
 
     def np_core_reconstruct():
+        import importlib
+
         import numpy as np
 
-        core = getattr(np, "_core", None) or np.core
-        return core.multiarray._reconstruct
+        # the module where the function lives in this numpy (numpy 1.26 also has a numpy._core shim package whose
+        # submodules are attributes only once imported: never take the path from what happens to be imported)
+        real = "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray"
+        return importlib.import_module(real)._reconstruct
 
     entries = [
         # accelerate's random_states_*.pkl: numpy's RNG state holds a uint32 array (rebuilt from its raw bytes;
