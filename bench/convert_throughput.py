@@ -24,7 +24,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from vggt_train.data.convert import Options, convert, read_manifests
+from vggt_train.data.shards.convert import Options, convert, read_manifests
 from vggt_train.data.synthetic import make_synthetic_co3d
 
 
@@ -106,7 +106,7 @@ def read_speed(tmp: str, hw: tuple[int, int], rows: int = 6) -> list[dict]:
     """ms to get one row's depth as an [H, W] array, per storage layout and datasets format."""
     import datasets
 
-    from vggt_train.data.schema import decode_depth
+    from vggt_train.data.shards.schema import decode_depth
 
     h, w = hw
     rng = np.random.default_rng(0)

@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vggt_train.data.dataset import MultiViewDataset
-from vggt_train.data.finish import finish_batch
-from vggt_train.data.loader import RankBatchStream, make_loader
-from vggt_train.data.sampler import StepPlanner
+from vggt_train.data.pipeline.dataset import MultiViewDataset
+from vggt_train.data.pipeline.finish import finish_batch
+from vggt_train.data.pipeline.loader import RankBatchStream, make_loader
+from vggt_train.data.pipeline.sampler import StepPlanner
 
 OFFICIAL_LOADER = 12.0  # samples/s per core of the official raw-file loader on 800x600 sources (quoted in the issue)
 
 
 def prepare(workdir: str, size: str, sequences: int, frames: int) -> dict:
-    from vggt_train.data.convert import Options, convert
+    from vggt_train.data.shards.convert import Options, convert
     from vggt_train.data.synthetic import make_synthetic_co3d
 
     raw, shards = os.path.join(workdir, "raw"), os.path.join(workdir, "shards")
@@ -121,7 +121,7 @@ def read_rate(ds: MultiViewDataset, views: int, count: int, repeats: int) -> flo
 def checksum_us(ds: MultiViewDataset, repeats: int) -> float:
     """Microseconds per frame of the per-row checksum check alone (xxh3-64 of image + depth + camera bytes, as
     ShardSource.read_frame recomputes it), over every frame of the split."""
-    from vggt_train.data.schema import payload_checksum
+    from vggt_train.data.shards.schema import payload_checksum
 
     frames = [ds.source.read_frame(s, p) for s in ds.sequences for p in range(ds.num_frames(s))]
 

@@ -1,4 +1,4 @@
-"""FLOPs of VGGT-1B per sample (2 x 518x518, the seed workload) and CPU forward/backward cost of the `small` preset.
+"""FLOPs of VGGT-1B per sample (2 x 518x518, the Ascend reference workload) and CPU forward/backward cost of the `small` preset.
 
 Prints a table and one JSON line. FLOPs come from torch.utils.flop_counter on the meta device (exact shapes,
 no memory); times and peak RSS are measured here on the CPU.

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="converted dataset (default: a synthetic one in a temp dir)")
     args = parser.parse_args()
 
-    from vggt_train.data.finish import finish_batch
+    from vggt_train.data.pipeline.finish import finish_batch
     from vggt_train.losses import MultitaskLoss
     from vggt_train.model import VGGT
     from vggt_train.model.flops import training_flops_per_image

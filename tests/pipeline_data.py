@@ -12,7 +12,7 @@ HW = (72, 96)  # source size (H, W): small, but large enough that resampling to 
 
 def tiny_dataset(base: Path) -> dict:
     """{"root": converted dataset, "co3d_dir", "annotation_dir"}: 2 categories x (2 train + 1 test) sequences x 24 frames."""
-    from vggt_train.data.convert import Options, convert
+    from vggt_train.data.shards.convert import Options, convert
     from vggt_train.data.synthetic import make_synthetic_co3d
 
     root = base / "pipeline_data"
@@ -65,7 +65,7 @@ def portrait_frames(ds, seq: str, count: int = 4) -> list:
 
     from PIL import Image
 
-    from vggt_train.data.transforms import rotate_camera
+    from vggt_train.data.pipeline.transforms import rotate_camera
 
     frames = []
     for p in range(count):
@@ -81,7 +81,7 @@ def reference_batch(ds, specs, aspect_ratio: float, normalize: bool) -> dict:
     """The recipe done view by view on the CPU with the per-view reference functions, as the workers did it before
     the finishing stage existed: PIL resize (+ rotation), float image + JitterDraw, float32 depth, points from
     geometry.depth_to_*_points, then geometry.normalize_batch. Clean data only (no frame replacement)."""
-    from vggt_train.data.transforms import image_size_hw, open_image, plan_view, resample_depth, resample_image, rotate_camera
+    from vggt_train.data.pipeline.transforms import image_size_hw, open_image, plan_view, resample_depth, resample_image, rotate_camera
     from vggt_train.geometry import depth_to_cam_points, depth_to_world_points, normalize_batch
 
     hw = ds.target_shape(aspect_ratio)

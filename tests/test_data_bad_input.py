@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vggt_train.cli import main as cli_main
-from vggt_train.data.reader import Co3DSplit
+from vggt_train.data.shards.reader import Co3DSplit
 from vggt_train.data.synthetic import make_synthetic_co3d
 
 FRAMES = 26  # two spare frames above --min-frames 24, so one bad frame skips only that frame

@@ -1,4 +1,4 @@
-"""Raw-frame reading (vggt_train.data.co3d): --max-side geometry with DCT-scaled decoding, filepath checks."""
+"""Raw-frame reading (vggt_train.data.sources.co3d): --max-side geometry with DCT-scaled decoding, filepath checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggt_train.data import co3d
+from vggt_train.data.sources import co3d
 
 
 def _write_frame(root, h, w, filepath="apple/seq/images/frame000001.jpg"):

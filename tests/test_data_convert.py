@@ -15,10 +15,10 @@ from PIL import Image
 
 from vggt_train.cli import main as cli_main
 from vggt_train.data import decode_depth
-from vggt_train.data.convert import EXIT_HOOK_ENV
-from vggt_train.data.reader import Co3DSplit
+from vggt_train.data.shards.convert import EXIT_HOOK_ENV
+from vggt_train.data.shards.reader import Co3DSplit
 from vggt_train.data.synthetic import make_synthetic_co3d
-from vggt_train.data.verify import verify_dataset
+from vggt_train.data.shards.verify import verify_dataset
 
 HW = (32, 48)
 
@@ -320,7 +320,7 @@ def test_out_under_a_file_is_a_one_line_error(raw, tmp_path, capsys):
 
 
 def test_cli_turns_os_errors_into_one_line(monkeypatch, tmp_path, capsys):
-    from vggt_train.data import verify
+    from vggt_train.data.shards import verify
 
     def fail(*_a, **_k):
         raise PermissionError(13, "Permission denied", "/data/co3d_hf/train/data-00000-of-00001.arrow")
@@ -342,7 +342,7 @@ def test_cli_turns_os_errors_into_one_line(monkeypatch, tmp_path, capsys):
 
 
 def test_unexpected_worker_error_names_the_sequence(raw, tmp_path, monkeypatch, capsys):
-    from vggt_train.data import co3d
+    from vggt_train.data.sources import co3d
 
     real = co3d.load_frame
 
@@ -362,7 +362,7 @@ def test_unexpected_worker_error_names_the_sequence(raw, tmp_path, monkeypatch, 
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(raw, tmp_path, monkeypatch, capsys):
-    from vggt_train.data.convert import PROGRESS_INTERVAL_ENV
+    from vggt_train.data.shards.progress import PROGRESS_INTERVAL_ENV
 
     monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "0")  # a line per finished sequence instead of every 30 s
     argv = ["convert-co3d", "--co3d-dir", raw["co3d_dir"], "--annotation-dir", raw["annotation_dir"],

@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from vggt_train.cli import main as cli_main
-from vggt_train.data import co3d
-from vggt_train.data.reader import Co3DSplit
+from vggt_train.data.sources import co3d
+from vggt_train.data.shards.reader import Co3DSplit
 from vggt_train.data.synthetic import make_synthetic_co3d
 
 HW = (24, 32)
@@ -99,7 +99,7 @@ def test_state_json_name_outside_the_split(copy, tmp_path, capsys, bad):
         Co3DSplit(str(copy / "train"))
     msg = one_line(str(exc.value))
     assert str(state_path) in msg and repr(bad) in msg, msg
-    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.pipeline.dataset import MultiViewDataset
 
     with pytest.raises(ValueError, match="unsafe name"):
         MultiViewDataset(str(copy), "train", img_size=28, patch_size=14)
@@ -210,7 +210,7 @@ def test_training_names_shard_and_row_of_damaged_offsets(copy):
 
 
 def test_reader_names_shard_and_row_of_damaged_offsets(copy):
-    from vggt_train.data.reader import ShardError
+    from vggt_train.data.shards.reader import ShardError
 
     _damage_depth_offsets(copy / "train" / "data-00001-of-00003.arrow", value=-5)
     split = Co3DSplit(str(copy / "train"))
@@ -264,7 +264,7 @@ def _flip_depth_byte(copy, seq_index=1, position=2):
 def test_a_flipped_byte_inside_a_row_is_a_bad_frame_named_by_shard_and_row(copy, capsys, caplog):
     import logging
 
-    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.pipeline.dataset import MultiViewDataset
     from vggt_train.data.sources import BadFrame, ShardSource
 
     seq, shard = _flip_depth_byte(copy)
@@ -288,8 +288,8 @@ def _drop_checksums(out):
 
     import pyarrow as pa
 
-    from vggt_train.data.reader import open_shard
-    from vggt_train.data.schema import arrow_schema, features
+    from vggt_train.data.shards.reader import open_shard
+    from vggt_train.data.shards.schema import arrow_schema, features
 
     manifest = json.loads((out / "manifest.json").read_text())
     for split, info in manifest["splits"].items():
@@ -313,7 +313,7 @@ def _drop_checksums(out):
 def test_a_dataset_without_checksums_still_loads_with_a_note(copy, capsys, caplog):
     import logging
 
-    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.pipeline.dataset import MultiViewDataset
 
     _drop_checksums(copy)
     with caplog.at_level(logging.WARNING, logger="vggt_train.data"):
@@ -445,7 +445,7 @@ def test_killing_the_converter_leaves_no_worker_behind(raw, tmp_path):
     import time
     import uuid
 
-    from vggt_train.data.convert import EXIT_HOOK_ENV
+    from vggt_train.data.shards.convert import EXIT_HOOK_ENV
 
     marker = f"VGGT_TEST_ORPHAN_{uuid.uuid4().hex}"
     cmd = [sys.executable, "-m", "vggt_train", "convert-co3d", "--co3d-dir", raw["co3d_dir"], "--annotation-dir",
@@ -468,7 +468,7 @@ def test_a_full_disk_during_the_manifest_write_names_the_file(raw, tmp_path, mon
     import errno
     import json as json_module
 
-    from vggt_train.data import convert as conv
+    from vggt_train.data.shards import layout as conv
 
     real_dump = json_module.dump
 

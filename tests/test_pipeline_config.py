@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_data import tiny_dataset
-from vggt_train.data.transforms import AugmentConfig, ColorJitterConfig
+from vggt_train.data.pipeline.transforms import AugmentConfig, ColorJitterConfig
 from vggt_train.train.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +27,9 @@ def data(tmp_path_factory):
 
 def test_the_data_package_exports_the_pipeline_lazily():
     code = ("import sys, vggt_train.data\n"
-            "assert 'torch' not in sys.modules and 'vggt_train.data.dataset' not in sys.modules, 'eager import'\n"
+            "assert 'torch' not in sys.modules and 'vggt_train.data.pipeline.dataset' not in sys.modules, 'eager import'\n"
             "from vggt_train.data import MultiViewDataset, StepPlanner, RankBatchStream, make_loader, finish_batch\n"
-            "assert MultiViewDataset.__module__ == 'vggt_train.data.dataset' and callable(finish_batch)\n")
+            "assert MultiViewDataset.__module__ == 'vggt_train.data.pipeline.dataset' and callable(finish_batch)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -50,7 +50,7 @@ def test_aug_defaults_mirror_the_recipe_and_overrides_reach_the_dataset(data):
 
 
 def test_resample_auto_is_the_device_only_with_an_accelerator():
-    from vggt_train.data.loader import accelerator_present
+    from vggt_train.data.pipeline.loader import accelerator_present
     from vggt_train.train.data import resample_placement
 
     assert resample_placement(load_config(None, ["data.path=/d"])) == ("device" if accelerator_present() else "worker")
@@ -82,14 +82,14 @@ def test_an_aspect_below_one_patch_row_is_rejected_before_any_worker_starts():
 
 
 def test_raw_annotation_dir_trains_from_the_raw_layout(data):
-    from vggt_train.data.raw_reader import RawCo3DSource
+    from vggt_train.data.sources.raw_co3d import RawCo3DSource
     from vggt_train.train.data import TrainData
 
     cfg = load_config(None, [f"data.path={data['co3d_dir']}", f"data.raw_annotation_dir={data['annotation_dir']}",
                              "data.img_size=28", "data.img_nums=[2,2]", "data.max_img_per_gpu=4", "train.val_every=5"])
     td = TrainData(cfg)
     assert isinstance(td.train_set.source, RawCo3DSource) and isinstance(td.val_set.source, RawCo3DSource)
-    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.pipeline.dataset import MultiViewDataset
 
     assert td.train_set.sequences == MultiViewDataset(data["root"], "train").sequences
 
@@ -99,7 +99,7 @@ def test_training_log_counts_replaced_samples_and_epochs(data, tmp_path):
     and each step's record in metrics.jsonl says how many (and the epoch, from data.len_train)."""
     co3d = tmp_path / "co3d"
     shutil.copytree(data["co3d_dir"], co3d)
-    from vggt_train.data.raw_reader import RawCo3DSource
+    from vggt_train.data.sources.raw_co3d import RawCo3DSource
 
     sequences = RawCo3DSource(str(co3d), data["annotation_dir"], "train").sequences
     for seq in sequences[:-1]:
@@ -126,7 +126,7 @@ def test_training_log_counts_replaced_samples_and_epochs(data, tmp_path):
 def test_data_categories_keep_training_and_validation_to_those_categories(data):
     import pickle
 
-    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.pipeline.dataset import MultiViewDataset
     from vggt_train.train.data import TrainData
 
     everything = MultiViewDataset(data["root"], "train", img_size=28)

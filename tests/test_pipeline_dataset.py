@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from pipeline_data import corrupt_bytes_in_file, reprojection_errors, tiny_dataset
-from vggt_train.data.dataset import BadFrame, InMemorySource, MultiViewDataset
-from vggt_train.data.transforms import AugmentConfig, rotate_camera
+from vggt_train.data.pipeline.dataset import BadFrame, InMemorySource, MultiViewDataset
+from vggt_train.data.pipeline.transforms import AugmentConfig, rotate_camera
 from vggt_train.geometry import depth_to_cam_points, depth_to_world_points
 
 
@@ -143,7 +143,7 @@ def test_shard_rows_read_straight_from_the_arrow_buffers_equal_pyarrow_rows(ds):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from vggt_train.data.sources import _SHARD_COLUMNS, _ShardRows
+    from vggt_train.data.sources.shards import _SHARD_COLUMNS, _ShardRows
 
     table = ds.source.split.dataset.data.table.select(list(_SHARD_COLUMNS))
     ref = _reference_rows(table)
@@ -201,7 +201,7 @@ def test_shard_frames_survive_the_worker_pickling_round_trip(ds):
 def test_worker_batches_do_not_depend_on_what_their_buffers_held(data, monkeypatch, resample):
     """The worker's batch tensors are allocated uninitialised (every slot is written whole, padding included):
     with buffers full of garbage, the same bytes come out."""
-    from vggt_train.data.sampler import SampleSpec
+    from vggt_train.data.pipeline.sampler import SampleSpec
 
     ds = MultiViewDataset(data["root"], "train", img_size=56, resample=resample)
     specs = [SampleSpec(ds.sequences[i], (i, 3 * i + 1, 20 - i), seed) for i, seed in enumerate((1, 2, 5))]

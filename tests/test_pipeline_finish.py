@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from pipeline_data import portrait_frames, reference_batch, tiny_dataset
-from vggt_train.data.dataset import InMemorySource, MultiViewDataset
-from vggt_train.data.finish import finish_batch, is_finished
-from vggt_train.data.resample import ViewResample, pack, resample_views, unpack, vertical_first
-from vggt_train.data.sampler import SampleSpec, StepPlanner
-from vggt_train.data.transforms import AugmentConfig, ColorJitterConfig, JitterDraw, apply_jitter_
+from vggt_train.data.pipeline.dataset import InMemorySource, MultiViewDataset
+from vggt_train.data.pipeline.finish import finish_batch, is_finished
+from vggt_train.data.pipeline.resample import ViewResample, pack, resample_views, unpack, vertical_first
+from vggt_train.data.pipeline.sampler import SampleSpec, StepPlanner
+from vggt_train.data.pipeline.transforms import AugmentConfig, ColorJitterConfig, JitterDraw, apply_jitter_
 
 _LANCZOS, _BICUBIC = Image.Resampling.LANCZOS, Image.Resampling.BICUBIC
 

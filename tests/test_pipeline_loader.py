@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from pipeline_data import rss_anon, tiny_dataset
-from vggt_train.data.collate import collate_and_normalize, collate_samples
-from vggt_train.data.dataset import MultiViewDataset
-from vggt_train.data.finish import finish_batch, is_finished
-from vggt_train.data.loader import RankBatchStream, make_loader
-from vggt_train.data.sampler import StepPlanner
+from vggt_train.data.pipeline.collate import collate_and_normalize, collate_samples
+from vggt_train.data.pipeline.dataset import MultiViewDataset
+from vggt_train.data.pipeline.finish import finish_batch, is_finished
+from vggt_train.data.pipeline.loader import RankBatchStream, make_loader
+from vggt_train.data.pipeline.sampler import StepPlanner
 
 
 @pytest.fixture(scope="module")

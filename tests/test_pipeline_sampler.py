@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vggt_train.data.sampler import IndexInfo, StepPlanner, samples_fn
+from vggt_train.data.pipeline.sampler import IndexInfo, StepPlanner, samples_fn
 
 INFO = IndexInfo(tuple(f"seq{i}" for i in range(7)), (24, 30, 50, 24, 100, 26, 40))
 

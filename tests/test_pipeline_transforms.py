@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggt_train.data.transforms import (
+from vggt_train.data.pipeline.transforms import (
     AugmentConfig,
     ColorJitterConfig,
     JitterDraw,

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -114,7 +113,7 @@ def _convert(raw, out, *extra):
 
 
 def test_conversion_parts_and_merge_exclude_each_other(raw, tmp_path, capsys):
-    from vggt_train.data.convert import lock_path
+    from vggt_train.data.shards.convert import lock_path
 
     out = tmp_path / "out"
     holder = _start_holder(Path(lock_path(str(out), "part-00001-of-00002")))
@@ -142,7 +141,7 @@ def test_conversion_parts_and_merge_exclude_each_other(raw, tmp_path, capsys):
 def test_two_converters_with_other_options_cannot_both_pass_the_plan_check(raw, tmp_path, monkeypatch, capsys):
     """Both started before either wrote its plan: the check-and-create is one atomic step, so the second is
     refused with the plan mismatch rather than failing later."""
-    from vggt_train.data import convert as conv
+    from vggt_train.data.shards import plan as conv
 
     out = tmp_path / "race"
     assert _convert(raw, out, "--part", "0/2") == 0

@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggt_train.train import checkpointing
+from vggt_train.train import checkpoints
 from vggt_train.train.config import ConfigError, OptimConfig, load_config
 from vggt_train.train.optim import clip_by_group, clip_gradients, freeze_modules, lr_at, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["finetune_co3d", "seed_bench", "demo_cpu"])
+@pytest.mark.parametrize("name", ["finetune_co3d", "ascend_reference", "demo_cpu"])
 def test_shipped_configs_load(name):
     cfg = load_config(str(REPO / "configs" / f"{name}.yaml"), ["data.path=/data"])
     assert cfg.data.path == "/data"
 
 
-def test_seed_bench_is_the_seed_workload():
-    cfg = load_config(str(REPO / "configs" / "seed_bench.yaml"), ["data.path=/data"])
+def test_ascend_reference_is_the_reference_workload():
+    cfg = load_config(str(REPO / "configs" / "ascend_reference.yaml"), ["data.path=/data"])
     assert cfg.data.img_nums == [2, 2] and cfg.data.max_img_per_gpu // 2 == 15 and cfg.data.img_size == 518
     assert cfg.model.frozen == ["aggregator*"] and cfg.data.aspect_range == [1.0, 1.0]
 
@@ -178,30 +178,30 @@ def test_metrics_log_is_strict_json_and_resume_drops_a_cut_line(tmp_path):
 
 def test_checkpoint_files_are_synced_before_the_rename(tmp_path, monkeypatch):
     synced = []
-    real_fsync = checkpointing.os.fsync
-    monkeypatch.setattr(checkpointing.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    tmp = checkpointing.temporary_dir(tmp_path, 1)
+    real_fsync = checkpoints.os.fsync
+    monkeypatch.setattr(checkpoints.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    tmp = checkpoints.temporary_dir(tmp_path, 1)
     (tmp / "shard").mkdir(parents=True)
     (tmp / "shard" / "a.bin").write_bytes(b"x" * 10)
-    checkpointing.finalize(tmp, checkpointing.step_dir(tmp_path, 1), {"step": 1})
+    checkpoints.finalize(tmp, checkpoints.step_dir(tmp_path, 1), {"step": 1})
     assert len(synced) >= 5  # a.bin, trainer_state.json, their two directories, the checkpoints root
 
 
 def test_checkpoint_bookkeeping(tmp_path):
     out = tmp_path / "run"
     for step in (1, 2, 3):
-        tmp = checkpointing.temporary_dir(out, step)
+        tmp = checkpoints.temporary_dir(out, step)
         tmp.mkdir(parents=True)
         (tmp / "weights").write_text(str(step))
-        checkpointing.finalize(tmp, checkpointing.step_dir(out, step), {"step": step})
-    partial = checkpointing.temporary_dir(out, 4)
+        checkpoints.finalize(tmp, checkpoints.step_dir(out, step), {"step": step})
+    partial = checkpoints.temporary_dir(out, 4)
     partial.mkdir()
-    incomplete = checkpointing.step_dir(out, 5)
+    incomplete = checkpoints.step_dir(out, 5)
     incomplete.mkdir()  # no trainer_state.json: never taken for a checkpoint
-    assert checkpointing.latest_complete(out).name == "step_00000003"
-    removed = checkpointing.prune(out, keep_last=2)
+    assert checkpoints.latest_complete(out).name == "step_00000003"
+    removed = checkpoints.prune(out, keep_last=2)
     assert [p.name for p in removed] == ["step_00000001"]
-    assert [p.name for p in checkpointing.list_complete(out)] == ["step_00000002", "step_00000003"]
+    assert [p.name for p in checkpoints.list_complete(out)] == ["step_00000002", "step_00000003"]
     assert not partial.exists()
 
 

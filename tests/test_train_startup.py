@@ -95,7 +95,7 @@ def test_frozen_modules_need_a_checkpoint_unless_allowed():
                       ["data.path=/d", "model.checkpoint=null", "model.allow_random_frozen=true"])
     assert cfg.model.checkpoint is None
     # the shipped recipes start from the released weights and ask for an accelerator
-    for name in ("finetune_co3d", "seed_bench"):
+    for name in ("finetune_co3d", "ascend_reference"):
         cfg = load_config(str(REPO / "configs" / f"{name}.yaml"), ["data.path=/d"])
         assert cfg.model.checkpoint == "facebook/VGGT-1B" and cfg.train.device == "accelerator"
     assert load_config(str(REPO / "configs" / "demo_cpu.yaml"), ["data.path=/d"]).train.device == "cpu"

@@ -15,21 +15,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("vggt_train.train.export", "consolidate a training checkpoint (DeepSpeed ZeRO shards too) into an official model.pt/.safetensors"),
     "plot-metrics": ("vggt_train.train.plot", "plot a run's loss curve to PNG and print a summary (first/last loss, samples/s)"),
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
-    "convert-co3d": ("vggt_train.data.convert", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
-    "merge-shards": ("vggt_train.data.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
-    "verify-dataset": ("vggt_train.data.verify", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
+    "convert-co3d": ("vggt_train.data.shards.convert", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
+    "merge-shards": ("vggt_train.data.shards.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
+    "verify-dataset": ("vggt_train.data.shards.verify", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
     "make-synthetic-co3d": ("vggt_train.data.synthetic", "render procedural textured scenes with exact depth in the raw Co3D layout"),
     "inspect-batch": ("vggt_train.data.inspect_cli", "draw one training batch: PNG grid (image, depth, mask per view) + PLY of its world points"),
     "kernels": ("vggt_train.kernels.cli", "list kernel backends per op (available, selected); --check compares each with the reference"),
 }
 
 
-# Set to 1 to get the traceback of errors that are otherwise printed as one line (CLIError, OSError).
-DEBUG_ENV = "VGGT_TRAIN_DEBUG"
-
-
-class CLIError(Exception):
-    """An error the user can fix; printed as one line without a traceback."""
+from vggt_train.errors import DEBUG_ENV, CLIError, describe_os_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,26 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vggt-train {command}: error: {describe_os_error(exc)} (set {DEBUG_ENV}=1 for a traceback)", file=sys.stderr)
         return 2
-
-
-def output_dir_problem(path: str) -> str | None:
-    """Why `path` cannot be (created as) a writable directory, or None; creates nothing."""
-    probe = os.path.abspath(path)
-    while not os.path.lexists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
-    return None
-
-
-def describe_os_error(exc: OSError) -> str:
-    """'<strerror>: <path>' (and '-> <path2>' for renames) of an OSError, or its text when it names no path."""
-    if exc.filename is None or not exc.strerror:
-        return f"{type(exc).__name__}: {exc}"
-    text = f"{exc.strerror}: {exc.filename}"
-    return text + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from vggt_train.errors import CLIError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="converted dataset (convert-co3d --out), or with --raw the Co3D dir")
@@ -30,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_dataset(args):
-    from vggt_train.cli import CLIError
-    from vggt_train.data.dataset import MultiViewDataset
+    from vggt_train.data.pipeline.dataset import MultiViewDataset
 
     kw = {"img_size": args.img_size, "patch_size": args.patch_size, "augment": not args.no_augment}
     try:
@@ -106,9 +107,8 @@ def batch_points(batch: Dict, sample: int, max_points: int, seed: int = 0):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
-    from vggt_train.data.loader import RankBatchStream
-    from vggt_train.data.sampler import StepPlanner
+    from vggt_train.data.pipeline.loader import RankBatchStream
+    from vggt_train.data.pipeline.sampler import StepPlanner
 
     if args.num_images < 1 or args.samples < 1:
         raise CLIError("--num-images and --samples must be >= 1")

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from vggt_train.data.co3d import CO3D_TRAIN_CATEGORIES
+from vggt_train.data.sources.select import CO3D_TRAIN_CATEGORIES
+from vggt_train.cli_args import parse_size
+from vggt_train.errors import CLIError, output_dir_problem
 
 _EPS = 1e-6
 _LIGHT = np.array([0.4, -0.3, 0.85]) / np.linalg.norm([0.4, -0.3, 0.85])
@@ -382,18 +384,6 @@ def make_synthetic_co3d(out: str, categories=("apple", "tv"), sequences: int = 3
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _parse_size(text: str) -> tuple[int, int]:
-    from vggt_train.cli import CLIError
-
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise CLIError(f"--size must look like HxW (e.g. 96x128), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise CLIError(f"--size must be at least 8x8, got {text!r}")
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory; gets co3d/ (images, depths, masks) and annotations/ (*.jgz)")
     parser.add_argument("--categories", default="apple,tv",
@@ -406,15 +396,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
-
-    hw = _parse_size(args.size)
+    hw = parse_size(args.size, minimum=8)
     cats = [c.strip() for c in args.categories.split(",") if c.strip()]
     if not cats or any(not c.isidentifier() and not c.replace("-", "").isalnum() for c in cats):
         raise CLIError(f"--categories must be comma-separated names, got {args.categories!r}")
     if args.frames < 1 or args.sequences < 0 or args.test_sequences < 0:
         raise CLIError("--frames must be >= 1 and --sequences/--test-sequences >= 0")
-    from vggt_train.cli import output_dir_problem
 
     problem = output_dir_problem(args.out)
     if problem:

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from vggt_train.cli import CLIError
+from vggt_train.errors import CLIError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
-from vggt_train.geometry import autocast_off, extri_intri_to_pose_encoding
+from vggt_train.geometry import extri_intri_to_pose_encoding
 from vggt_train.losses.common import HARD_MAX, MIN_VALID_PIXELS, _as_bool, _fix_non_finite, _image_size, _zero_like_graph
 
 

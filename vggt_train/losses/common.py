@@ -3,11 +3,9 @@ attached to the graph when a mask selects (almost) nothing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 # Below this many valid pixels (in frame 0 for the camera loss, in the batch for depth / points) a loss is

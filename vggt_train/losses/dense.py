@@ -3,12 +3,12 @@ regression, its 0.98-quantile outlier filter, and the multi-scale gradient (or n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
+from vggt_train.geometry import autocast_off
 from vggt_train.losses.common import HARD_MAX, MIN_VALID_PIXELS, _as_bool, _fix_non_finite, _zero_like_graph
 
 

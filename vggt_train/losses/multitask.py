@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from vggt_train.losses.camera import camera_loss
 from vggt_train.losses.dense import depth_loss, point_loss

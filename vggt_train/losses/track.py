@@ -3,11 +3,9 @@ iteration, discounted by gamma, plus visibility cross-entropy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict
 
 import torch
-import torch.nn.functional as F
 
 from vggt_train.losses.common import _as_bool, _fix_non_finite, _zero_like_graph
 

@@ -131,6 +131,9 @@ class VGGTConfig:
         return asdict(self)
 
 
+# The prediction heads a VGGT can have (the attribute names of the model and the key prefixes of the checkpoint).
+HEADS = ("camera_head", "depth_head", "point_head", "track_head")
+
 _SECTIONS = {
     "aggregator": AggregatorConfig,
     "patch_embed_vit": PatchEmbedViTConfig,

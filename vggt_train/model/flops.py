@@ -27,7 +27,7 @@ def measure_flops(model: VGGT, num_images: int, height: int, width: int, heads=(
 
     Returns aggregator forward (and the part of it in softmax attention, which older FLOP counters, and
     the official model's published count, leave out), heads (the named ones) forward and forward+backward, and the frozen-aggregator
-    training step total (aggregator forward + heads forward/backward), as in the seed benchmark.
+    training step total (aggregator forward + heads forward/backward), as in the Ascend reference benchmark.
     """
     images = torch.rand(1, num_images, 3, height, width, device=device)
     model = model.to(device)

@@ -10,7 +10,7 @@ Accepted forms (a local file or directory of that name always wins):
 
 Downloads go through `huggingface_hub.hf_hub_download`, so its cache (`HF_HUB_CACHE`, `HF_HOME`) and offline mode
 (`HF_HUB_OFFLINE=1`: the cache only) apply as for every Hub tool. Only tensors are ever read from the file
-(model/checkpoint.py), whatever repository it comes from.
+(model/weights.py), whatever repository it comes from.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ import time
 
 import torch
 
+from vggt_train.cli_args import parse_size
+from vggt_train.errors import CLIError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", help="model preset: vggt_1b, small or tiny (default: small)")
@@ -19,24 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-backward", action="store_true", help="forward only")
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    from vggt_train.cli import CLIError
-
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CLIError(f"--size must look like 224x224, got {text!r}") from None
-    if h % 14 or w % 14 or h <= 0 or w <= 0:
-        raise CLIError(f"--size {text}: height and width must be positive multiples of 14")
-    return h, w
-
-
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
     from vggt_train.model import VGGT
     from vggt_train.model.flops import measure_flops
 
-    h, w = _parse_size(args.size)
+    h, w = parse_size(args.size, example="224x224", minimum=14, multiple_of=14)
     try:
         model = VGGT.from_preset(args.preset)
     except ValueError as exc:

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
+from vggt_train.geometry import autocast_off
 from vggt_train.model.aggregator import Aggregator
 from vggt_train.model.camera_head import CameraHead
-from vggt_train.model.config import VGGTConfig, config_from_dict, preset_config
+from vggt_train.model.config import HEADS, VGGTConfig, config_from_dict, preset_config
 from vggt_train.model.dpt_head import DPTHead
 from vggt_train.model.track_head import TrackHead
 
 
-def _autocast_off(device_type: str):
-    """A context that runs the heads in float32 even inside a bf16/fp16 autocast region."""
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return contextlib.nullcontext()
-
-
-HEADS = ("camera_head", "depth_head", "point_head", "track_head")
 
 
 def build_head(config: VGGTConfig, name: str) -> Optional[nn.Module]:
@@ -75,7 +66,7 @@ class VGGT(nn.Module):
         """Build a named preset (vggt_1b, small, tiny); e.g. from_preset("small", track_head=None) drops a head."""
         config = preset_config(name)
         for head, value in disable_heads.items():
-            if head not in ("camera_head", "depth_head", "point_head", "track_head") or value is not None:
+            if head not in HEADS or value is not None:
                 raise ValueError(f"from_preset only accepts <head>=None to disable a head, got {head}={value!r}")
             setattr(config, head, None)
         return cls(config)
@@ -132,7 +123,7 @@ class VGGT(nn.Module):
                 cast[dtype] = ([t.to(dtype) for t in tokens], images.to(dtype))
             return cast[dtype]
 
-        with _autocast_off(images.device.type):
+        with autocast_off(images.device.type):  # the heads run in float32 inside a bf16/fp16 region
             if self.camera_head is not None:
                 poses = self.camera_head(inputs_for(self.camera_head)[0])
                 out["pose_enc"] = poses[-1]

@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from vggt_train.errors import CLIError, describe_os_error
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); every key can be overridden below")
@@ -23,7 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from vggt_train.cli import CLIError
     from vggt_train.train.config import ConfigError, load_config, to_dict
 
     try:
@@ -43,15 +44,12 @@ def run(args: argparse.Namespace) -> int:
             except LockHeldError as exc:
                 raise CLIError(str(exc)) from None
             except OSError as exc:
-                from vggt_train.cli import describe_os_error
-
                 raise CLIError(f"cannot lock output_dir: {describe_os_error(exc)}") from None
         _train(cfg)
     return 0
 
 
 def _train(cfg) -> None:
-    from vggt_train.cli import CLIError, describe_os_error
     from vggt_train.model.hub import CheckpointSourceError
     from vggt_train.train.config import ConfigError
     from vggt_train.train.device import DeviceError
@@ -138,8 +136,6 @@ def _shutdown_distributed() -> None:
 
 
 def main(argv=None) -> int:
-    from vggt_train.cli import CLIError
-
     parser = argparse.ArgumentParser(prog="python -m vggt_train.train", description="Train VGGT (see vggt-train train --help).")
     add_arguments(parser)
     args = parser.parse_args(argv)

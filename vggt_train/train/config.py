@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Tuple, get_args, get_origin, get_t
 
 import yaml
 
-from vggt_train.data.augment_config import AugmentConfig
+from vggt_train.data.pipeline.augment_config import AugmentConfig
+from vggt_train.model.config import HEADS
 
 
 class ConfigError(ValueError):
@@ -42,7 +43,7 @@ class DataConfig:
     # the same samples, read more slowly: see docs/pipeline.md)
     raw_annotation_dir: Optional[str] = None
     # train and validate on these Co3D categories only ([] = every category in the data; [train41] = the 41 VGGT
-    # training categories); e.g. the seed benchmark's [tv]
+    # training categories); e.g. the Ascend reference benchmark's [tv]
     categories: List[str] = field(default_factory=list)
     train_split: str = "train"
     val_split: Optional[str] = "test"
@@ -301,7 +302,7 @@ def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail later (or silently misbehave), naming the field."""
     # torch-heavy modules: imported when a config is validated, so reading one (--print-config) stays light
-    from vggt_train.data.finish import TARGET_KEYS
+    from vggt_train.data.pipeline.finish import TARGET_KEYS
     from vggt_train.losses import SUPERVISION, MultitaskLoss
     from vggt_train.model.config import PRESETS, preset_config
     from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
@@ -323,7 +324,7 @@ def validate(c: TrainConfig) -> None:
         need(False, f"model.frozen={c.model.frozen} without model.checkpoint: the frozen modules would keep their random "
                     f"initialisation for the whole run. Set model.checkpoint (a file, or a Hub repo id such as "
                     f"facebook/VGGT-1B), or model.allow_random_frozen=true if that is what you want")
-    heads = {"camera_head", "depth_head", "point_head", "track_head"}
+    heads = set(HEADS)
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")
     d = c.data

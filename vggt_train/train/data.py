@@ -2,7 +2,7 @@
 
 Training draws step t's global batch from (seed, t) only and gives rank r its slice, so a run's batches do not
 depend on the number of processes and a resumed run continues the same stream from the saved step. The streams
-yield the workers' unfinished batches: the trainer calls `vggt_train.data.finish.finish_batch` once a batch is on
+yield the workers' unfinished batches: the trainer calls `vggt_train.data.pipeline.finish.finish_batch` once a batch is on
 its device.
 """
 
@@ -27,25 +27,16 @@ def resample_placement(cfg: TrainConfig) -> str:
     to nothing), else the workers (PIL is faster than the same integer sums in torch on a CPU)."""
     if cfg.data.resample_on != "auto":
         return cfg.data.resample_on
-    from vggt_train.data.loader import accelerator_present
+    from vggt_train.data.pipeline.loader import accelerator_present
 
     return "device" if accelerator_present() else "worker"
-
-
-def _expand_categories(names):
-    from vggt_train.data.co3d import CO3D_TRAIN_CATEGORIES
-
-    out = []
-    for name in names:
-        out += list(CO3D_TRAIN_CATEGORIES) if name == "train41" else [name]
-    return out or None
 
 
 class TrainData:
     """Datasets and step planners for a run; streams are built per rank once the accelerator is up."""
 
     def __init__(self, cfg: TrainConfig):
-        from vggt_train.data.sampler import StepPlanner
+        from vggt_train.data.pipeline.sampler import StepPlanner
 
         self.cfg = cfg
         d = cfg.data
@@ -74,14 +65,14 @@ class TrainData:
 
     def _dataset(self, split: str, augment: bool):
         """The split's MultiViewDataset: converted shards at data.path, or the raw Co3D layout with raw_annotation_dir."""
-        from vggt_train.data.dataset import MultiViewDataset
+        from vggt_train.data.pipeline.dataset import MultiViewDataset
 
         d = self.cfg.data
         kw = {"img_size": d.img_size, "patch_size": d.patch_size, "augment": augment, "aug": augment_config(self.cfg),
               "resample": self.resample}
         if d.raw_annotation_dir:
-            return MultiViewDataset.from_raw(d.path, d.raw_annotation_dir, split, categories=",".join(d.categories) or "all", **kw)
-        return MultiViewDataset(d.path, split, categories=_expand_categories(d.categories), **kw)
+            return MultiViewDataset.from_raw(d.path, d.raw_annotation_dir, split, categories=d.categories, **kw)
+        return MultiViewDataset(d.path, split, categories=d.categories, **kw)
 
     def nominal_samples_per_rank(self) -> int:
         """Samples in a rank's micro-batch at the smallest image count (what DeepSpeed's config is told)."""
@@ -99,7 +90,7 @@ class TrainData:
 
     def train_stream(self, rank: int, world_size: int, start_step: int = 0) -> Iterator[Dict]:
         """Micro-batches of this rank from `start_step` on: grad_accum_steps items per optimiser step, in order."""
-        from vggt_train.data.loader import RankBatchStream, make_loader
+        from vggt_train.data.pipeline.loader import RankBatchStream, make_loader
 
         stream = RankBatchStream(self.train_set, self.planner, rank, world_size, self.cfg.train.grad_accum_steps, start_step)
         d = self.cfg.data
@@ -109,7 +100,7 @@ class TrainData:
         """The same validation micro-batches at every evaluation (no augmentation), or None without a val split."""
         if self.val_set is None:
             return None
-        from vggt_train.data.loader import RankBatchStream
+        from vggt_train.data.pipeline.loader import RankBatchStream
 
         return iter(RankBatchStream(self.val_set, self.val_planner, rank, world_size, 1, 0))
 

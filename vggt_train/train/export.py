@@ -14,7 +14,8 @@ from typing import Dict
 
 import torch
 
-from vggt_train.train import checkpointing
+from vggt_train.errors import CLIError
+from vggt_train.train import checkpoints
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve(path: Path) -> Path:
-    if checkpointing.is_complete(path):
+    if checkpoints.is_complete(path):
         return path
-    latest = checkpointing.latest_complete(path)
+    latest = checkpoints.latest_complete(path)
     if latest is None:
-        raise FileNotFoundError(f"{path} is neither a complete checkpoint directory (with {checkpointing.STATE_FILE}) "
+        raise FileNotFoundError(f"{path} is neither a complete checkpoint directory (with {checkpoints.STATE_FILE}) "
                                 f"nor a run directory holding one")
     return latest
 
@@ -65,10 +66,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: boo
     """Consolidate `checkpoint` and write an official checkpoint to `out`; returns the written path."""
     from vggt_train.model import VGGT, export_official, preset_config, read_state_dict
     from vggt_train.model.vggt import build_head
-    from vggt_train.model.checkpoint import compare_state_dict
+    from vggt_train.model.weights import compare_state_dict
 
     ckpt = _resolve(Path(checkpoint))
-    trainer_state = checkpointing.read_trainer_state(ckpt)
+    trainer_state = checkpoints.read_trainer_state(ckpt)
     model_cfg = trainer_state["config"]["model"]
     state = consolidated_state_dict(ckpt)
     config = preset_config(model_cfg["preset"])
@@ -103,8 +104,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: boo
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
-
     try:
         path = export_checkpoint(args.checkpoint, args.out, fill_missing=not args.no_fill)
     except (FileNotFoundError, ValueError) as exc:

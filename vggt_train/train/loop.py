@@ -19,9 +19,9 @@ from typing import Dict, Iterator, Optional
 import torch
 
 from vggt_train import kernels
-from vggt_train.data.finish import finish_batch
+from vggt_train.data.pipeline.finish import finish_batch
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
-from vggt_train.train import checkpointing, clipping, compat, paths, run_info, safe_load
+from vggt_train.train import checkpoints, clipping, compat, paths, run_info, safe_load
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import DeviceChoice, check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
@@ -221,11 +221,11 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if cfg.resume is None:
             return
-        path = checkpointing.latest_complete(cfg.output_dir) if cfg.resume == "auto" else checkpointing.Path(cfg.resume)
+        path = checkpoints.latest_complete(cfg.output_dir) if cfg.resume == "auto" else checkpoints.Path(cfg.resume)
         if path is None:
-            acc.print(f"[train] resume=auto: no complete checkpoint under {checkpointing.checkpoint_root(cfg.output_dir)}; starting fresh")
+            acc.print(f"[train] resume=auto: no complete checkpoint under {checkpoints.checkpoint_root(cfg.output_dir)}; starting fresh")
             return
-        saved = checkpointing.read_trainer_state(path)
+        saved = checkpoints.read_trainer_state(path)
         if self.deepspeed and saved.get("world_size", acc.num_processes) != acc.num_processes:
             raise TrainingError(f"{path} was written by {saved['world_size']} processes and this run has "
                                 f"{acc.num_processes}: DeepSpeed's sharded optimizer state cannot be re-split. Keep the "
@@ -255,9 +255,9 @@ class Trainer:
         acc, cfg, step = self.accelerator, self.cfg, self.state.step
         if _any_rank(acc, not _params_finite(self.model)):
             raise TrainingError(f"refusing to write the checkpoint of step {step}: the model has non-finite weights")
-        tmp, final = checkpointing.temporary_dir(cfg.output_dir, step), checkpointing.step_dir(cfg.output_dir, step)
+        tmp, final = checkpoints.temporary_dir(cfg.output_dir, step), checkpoints.step_dir(cfg.output_dir, step)
         if acc.is_main_process:
-            checkpointing.shutil.rmtree(tmp, ignore_errors=True)
+            checkpoints.shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
@@ -265,8 +265,8 @@ class Trainer:
         if acc.is_main_process:
             state = {**vars(self.state), "data": self.data.state_dict(), "config": to_dict(cfg), "world_size": acc.num_processes,
                      "param_groups": param_group_layout(cfg.optim, self.deepspeed), "time": time.time()}
-            checkpointing.finalize(tmp, final, state)
-            checkpointing.prune(cfg.output_dir, cfg.train.keep_last)
+            checkpoints.finalize(tmp, final, state)
+            checkpoints.prune(cfg.output_dir, cfg.train.keep_last)
         acc.wait_for_everyone()
 
     # -- one step ---------------------------------------------------------------------------------------------

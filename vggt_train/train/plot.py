@@ -7,6 +7,8 @@ import json
 import statistics
 from pathlib import Path
 
+from vggt_train.errors import CLIError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics", help="a run's metrics.jsonl (or its output_dir)")
@@ -78,8 +80,6 @@ def plot(records: list[dict], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
-
     path = Path(args.metrics)
     if path.is_dir():
         path = path / "metrics.jsonl"

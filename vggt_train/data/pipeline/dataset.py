@@ -36,8 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from vggt_train.data.finish import Pending, finish_batch
-from vggt_train.data.sampler import IndexInfo, SampleSpec
+from vggt_train.data.pipeline.finish import Pending, finish_batch
+from vggt_train.data.pipeline.sampler import IndexInfo, SampleSpec
 from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-exported, part of the dataset's API
     BadFrame,
     FrameSource,
@@ -47,7 +47,8 @@ from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-expo
     ShardSource,
     resolve_split_dir,
 )
-from vggt_train.data.transforms import (
+from vggt_train.data.sources.select import Selection
+from vggt_train.data.pipeline.transforms import (
     JITTER_FIELDS,
     AugmentConfig,
     BadView,
@@ -107,7 +108,7 @@ class _Deferred:
         self.out_hw: List[tuple] = [(0, 0)] * n
 
     def tensors(self) -> Dict[str, torch.Tensor]:
-        from vggt_train.data.resample import pack
+        from vggt_train.data.pipeline.resample import pack
 
         n = len(self.windows)
         h = max([w.shape[0] for w in self.windows if w is not None] or [1])
@@ -133,7 +134,7 @@ class MultiViewDataset:
     """Multi-view samples over a converted split (or any FrameSource): decoding, the official per-image recipe, points.
 
     path/split: the converted dataset root and split name (or a split directory). source: any FrameSource instead
-    (InMemorySource, raw_reader.RawCo3DSource). aug: the random parts (AugmentConfig; ignored when augment=False).
+    (InMemorySource, raw_co3d.RawCo3DSource). aug: the random parts (AugmentConfig; ignored when augment=False).
     use_draft: decode JPEGs at a reduced DCT scale where the output resolution allows (much faster for large
     sources; the geometry is unchanged). resample: where the resize runs, "worker" (PIL, in load_batch) or
     "device" (the same numbers, in finish_batch; pays off where the batch is finished on an accelerator).
@@ -141,7 +142,7 @@ class MultiViewDataset:
 
     def __init__(self, path: Optional[str] = None, split: Optional[str] = "train", img_size: int = 518, patch_size: int = 14,
                  augment: bool = True, aug: Optional[AugmentConfig] = None, *, source: Optional[FrameSource] = None,
-                 categories: Optional[Sequence[str]] = None, use_draft: bool = True, resample: str = "worker",
+                 categories: Selection = None, use_draft: bool = True, resample: str = "worker",
                  max_frame_retries: int = 8, max_sequence_retries: int = 8):
         if source is None:
             if path is None:
@@ -168,9 +169,9 @@ class MultiViewDataset:
         return cls(source=source, **kwargs)
 
     @classmethod
-    def from_raw(cls, co3d_dir: str, annotation_dir: str, split: str = "train", categories: str = "all", min_frames: int = 24, **kwargs):
+    def from_raw(cls, co3d_dir: str, annotation_dir: str, split: str = "train", categories: Selection = "all", min_frames: int = 24, **kwargs):
         """Straight from the raw Co3D layout (no conversion): same samples, slower (PNG depth decode + clean-up per frame)."""
-        from vggt_train.data.raw_reader import RawCo3DSource
+        from vggt_train.data.sources.raw_co3d import RawCo3DSource
 
         return cls(source=RawCo3DSource(co3d_dir, annotation_dir, split, categories=categories, min_frames=min_frames), **kwargs)
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
-from vggt_train.data.transforms import apply_jitter_
+from vggt_train.data.pipeline.transforms import apply_jitter_
 
 # the ground truth a finished training batch carries (what the loss terms may be supervised with)
 TARGET_KEYS = ("images", "depths", "point_masks", "cam_points", "world_points", "extrinsics", "intrinsics")
@@ -133,7 +133,7 @@ def unproject(depths: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.
 
 def _resample_on_device(batch: Dict[str, Any], pending: Pending) -> torch.Tensor:
     """[B * S, H, W, 3] uint8: PIL's resize of every view from its source window, then its rotation."""
-    from vggt_train.data.resample import resample_views, unpack
+    from vggt_train.data.pipeline.resample import resample_views, unpack
 
     window, table = batch["pending_window"], batch["pending_resample"]
     width = max(o[1] for o in pending.out_hw)  # the horizontal part of the table (see resample.pack)

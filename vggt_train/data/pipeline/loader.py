@@ -22,8 +22,8 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vggt_train.data.dataset import MultiViewDataset
-from vggt_train.data.sampler import StepPlanner
+from vggt_train.data.pipeline.dataset import MultiViewDataset
+from vggt_train.data.pipeline.sampler import StepPlanner
 
 
 class RankBatchStream(IterableDataset):

@@ -19,24 +19,10 @@ from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from vggt_train.data.sources.base import IndexInfo  # re-exported: the sampler API takes it
+
 # Domain tags keep the step-level and sample-level streams independent of each other.
 _STEP_TAG, _SAMPLE_TAG = 0x5EED5, 0x5A3B1E
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """What sampling needs to know about a dataset: sequence names and their frame counts (same order)."""
-
-    sequences: Tuple[str, ...]
-    num_frames: Tuple[int, ...]
-
-    def __post_init__(self):
-        if len(self.sequences) != len(self.num_frames):
-            raise ValueError("IndexInfo: sequences and num_frames differ in length")
-        if not self.sequences:
-            raise ValueError("IndexInfo: the dataset has no sequences")
-        if min(self.num_frames) < 1:
-            raise ValueError("IndexInfo: every sequence needs at least one frame")
 
 
 @dataclass(frozen=True)

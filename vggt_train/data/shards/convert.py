@@ -22,319 +22,37 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import glob
-import hashlib
-import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
-from vggt_train.data import co3d
-from vggt_train.data.schema import SHARD_PATTERN, WORK_DIR, payload_checksum
+from vggt_train import run_lock
+from vggt_train.data.sources import co3d
+from vggt_train.data.pool import process_pool
+from vggt_train.data.shards.finalize import finalize
+from vggt_train.data.shards.layout import (
+    ConvertError,
+    lock_path,
+    manifest_path,
+    part_jobs,
+    read_manifests,
+    record,
+    remove_stale_temps,
+    sha256_file,
+    shard_relpath,
+    summarize,
+    write_json_atomic,
+)
+from vggt_train.data.shards.plan import Options, make_plan, save_plan
+from vggt_train.data.shards.progress import format_summary, progress_bar
+from vggt_train.data.shards.schema import arrow_schema, frame_columns, payload_checksum
+from vggt_train.errors import CLIError, describe_os_error, output_dir_problem
 
 EXIT_HOOK_ENV = "VGGT_TRAIN_TEST_EXIT_AFTER_SHARDS"
-# Seconds between progress lines when stderr is not a terminal (Slurm logs); tests set it small.
-PROGRESS_INTERVAL_ENV = "VGGT_TRAIN_PROGRESS_INTERVAL"
 ROWS_PER_BATCH = 64  # Arrow record batch size; keeps binary offsets far from int32 limits for huge sequences
-_FALLBACK_FRAME_BYTES = 1.2e6  # size estimate when a category's probe frame is unreadable
-_PLAN_VERSION = 1
 
 
-class ConvertError(Exception):
-    """A user-fixable problem; the CLI turns it into a one-line CLIError."""
-
-
-@dataclass
-class Options:
-    co3d_dir: str
-    annotation_dir: str
-    out: str
-    categories: str = "all"  # "all" | "train41" | "a,b,c"
-    splits: tuple[str, ...] = ("train", "test")
-    min_frames: int = 24
-    max_side: int | None = None
-    shard_size_mb: float = 512.0
-    workers: int = 1
-    part: tuple[int, int] = (0, 1)
-    strict: bool = False
-    quiet: bool = False
-    rehash_finished: bool = False
-
-    def output_key(self) -> dict:
-        """The options that change the output bytes (not workers/part/strict/quiet/rehash_finished)."""
-        return {"splits": list(self.splits), "min_frames": self.min_frames, "max_side": self.max_side,
-                "shard_size_mb": self.shard_size_mb}
-
-
-# ----------------------------------------------------------------------------------------------- planning
-def resolve_categories(opts: Options) -> list[str]:
-    """The categories to convert; a requested category without any annotation file is an error."""
-    if not os.path.isdir(opts.annotation_dir):
-        raise ConvertError(f"annotation dir {opts.annotation_dir} does not exist")
-    if not os.path.isdir(opts.co3d_dir):
-        raise ConvertError(f"Co3D dir {opts.co3d_dir} does not exist")
-    found = co3d.find_categories(opts.annotation_dir, opts.splits)
-    if opts.categories == "all":
-        if not found:
-            raise ConvertError(f"no <category>_<{'|'.join(opts.splits)}>.jgz annotation files in {opts.annotation_dir}")
-        return found
-    wanted = co3d.CO3D_TRAIN_CATEGORIES if opts.categories == "train41" else [c.strip() for c in opts.categories.split(",") if c.strip()]
-    if not wanted:
-        raise ConvertError("--categories is empty")
-    missing = [c for c in wanted if c not in found]
-    if missing:
-        raise ConvertError(f"requested categories not found in {opts.annotation_dir} (no "
-                           f"<category>_{{{','.join(opts.splits)}}}.jgz): {', '.join(missing)}")
-    return sorted(set(wanted))
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _record(split: str, category: str, sequence: str | None, frame: int | None, path: str, reason: str, detail: str = "") -> dict:
-    return {"split": split, "category": category, "sequence": sequence, "frame": frame, "path": path,
-            "reason": reason, "detail": detail}
-
-
-def make_plan(opts: Options) -> dict:
-    """Deterministic shard plan: {split: [shard: [[category, sequence, n_annotated], ...]]} plus input problems.
-
-    Reads every annotation file once (then drops it, so memory stays small) and probes one frame per category
-    for a bytes-per-frame estimate that sets how many sequences fill a --shard-size-mb shard.
-    """
-    categories = resolve_categories(opts)
-    target = opts.shard_size_mb * 1e6
-    plan: dict[str, Any] = {"version": _PLAN_VERSION, "options": opts.output_key(), "categories": categories,
-                            "inputs": {}, "splits": {}, "problems": [], "filtered": {}}
-    for split in opts.splits:
-        shards: list[list] = [[]]
-        size = 0.0
-        filtered = {"sequences": 0, "frames": 0}
-        # Rows, the sequence index and Co3DSplit are keyed by sequence name alone, so a name must be unique per split.
-        owner: dict[str, str] = {}
-        for category in categories:
-            path = co3d.annotation_path(opts.annotation_dir, category, split)
-            if not os.path.exists(path):
-                if opts.strict:
-                    raise ConvertError(f"{path}: missing_annotation_file [--strict]")
-                plan["problems"].append(_record(split, category, None, None, path, "missing_annotation_file"))
-                continue
-            try:
-                co3d.check_regular_file(path, "missing_annotation_file")  # a FIFO would hang the hash below
-                plan["inputs"][os.path.basename(path)] = _sha256_file(path)
-                annotation = co3d.load_annotation_file(path)
-            except co3d.BadInput as exc:
-                if opts.strict:
-                    raise ConvertError(f"{exc} [--strict]") from None
-                plan["problems"].append(_record(split, category, None, None, exc.path, exc.reason, exc.detail))
-                continue
-            names = [n for n in sorted(annotation) if len(annotation[n]) >= opts.min_frames]
-            filtered["sequences"] += len(annotation) - len(names)
-            filtered["frames"] += sum(len(annotation[n]) for n in annotation if len(annotation[n]) < opts.min_frames)
-            per_frame = None
-            for name in names[:3]:
-                for entry in annotation[name][:3]:
-                    per_frame = per_frame or co3d.probe_frame_bytes(opts.co3d_dir, entry, opts.max_side)
-            per_frame = per_frame or _FALLBACK_FRAME_BYTES
-            for name in names:
-                if name in owner:
-                    if opts.strict:
-                        raise ConvertError(f"{path}: duplicate_sequence ({name} is also in {owner[name]}) [--strict]")
-                    plan["problems"].append(_record(split, category, name, None, path, "duplicate_sequence",
-                                                    f"{name} is also in {owner[name]}, which is kept"))
-                    continue
-                owner[name] = path
-                est = per_frame * len(annotation[name])
-                if shards[-1] and size + est > target:
-                    shards.append([])
-                    size = 0.0
-                shards[-1].append([category, name, len(annotation[name])])
-                size += est
-            del annotation
-        plan["splits"][split] = shards
-        plan["filtered"][split] = filtered
-    plan["fingerprint"] = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:32]
-    return plan
-
-
-def shard_jobs(plan: dict) -> list[tuple[str, int]]:
-    """Every (split, shard index) of the plan, in write order."""
-    # Iterate the --splits order stored in the options: plan.json is written with sorted keys.
-    return [(split, k) for split in plan["options"]["splits"] for k in range(len(plan["splits"][split]))]
-
-
-def part_jobs(plan: dict, part: tuple[int, int]) -> list[tuple[str, int]]:
-    """The contiguous slice of shard_jobs that part i of n converts (parts are disjoint and cover the plan)."""
-    jobs = shard_jobs(plan)
-    i, n = part
-    return jobs[i * len(jobs) // n:(i + 1) * len(jobs) // n]
-
-
-def shard_relpath(plan: dict, split: str, k: int) -> str:
-    return f"{split}/" + SHARD_PATTERN.format(index=k, count=len(plan["splits"][split]))
-
-
-# ----------------------------------------------------------------------------------------------- manifests
-def work_dir(out: str) -> str:
-    return os.path.join(out, WORK_DIR)
-
-
-def manifest_path(out: str, part: tuple[int, int]) -> str:
-    return os.path.join(work_dir(out), f"manifest-part-{part[0]:05d}-of-{part[1]:05d}.json")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON so that a reader (or a crash) only ever sees the old or the complete new file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk fails inside write(), whose error names no file: name the one being written
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if exc.filename is None:
-            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
-        raise
-
-
-def write_json_exclusive(path: str, obj: Any) -> bool:
-    """Publish a complete JSON file at `path` unless one exists (atomic: of two writers exactly one wins).
-    Returns whether this call created it."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write_json_atomic(tmp, obj)
-    try:
-        os.link(tmp, path)  # fails if path exists, unlike a rename
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a filesystem without hard links: exclusive create (a reader may see it half-written)
-        try:
-            with open(tmp) as src, open(path, "x") as f:
-                f.write(src.read())
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        os.remove(tmp)
-
-
-def load_json(path: str, what: str) -> Any:
-    """JSON content of one of our bookkeeping files; a damaged one is a ConvertError naming it."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ConvertError(f"{path}: {what} is not valid JSON ({exc}); it was damaged or edited by hand") from exc
-
-
-def load_part_manifest(path: str) -> dict:
-    """A part manifest, checked to have the structure this module writes."""
-    manifest = load_json(path, "part manifest")
-    ok = isinstance(manifest, dict) and isinstance(manifest.get("shards"), dict) and all(
-        isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
-        and isinstance(e.get("rows"), int) and all(isinstance(e.get(k), list) for k in ("sequences", "skipped", "dropped"))
-        for e in manifest["shards"].values())
-    if not ok:
-        raise ConvertError(f"{path}: part manifest lacks the expected {{'fingerprint', 'shards': {{path: {{'bytes', "
-                           f"'sha256', 'rows', 'sequences', ...}}}}}} structure; it was damaged or edited by hand")
-    from vggt_train.data.safe_names import safe_join
-
-    for rel in manifest["shards"]:  # keys are paths under OUT: resume stats them, merge-shards renames them
-        safe_join(".", rel, path, ConvertError)
-    return manifest
-
-
-def check_finished(path: str, entry: dict, rehash: bool = False) -> tuple[dict | None, str]:
-    """(entry, '') if the shard at `path` is the one `entry` describes, else (None, why).
-
-    Size and mtime unchanged since the commit: trusted without reading (a resume stays O(shards)). Otherwise, or
-    with `rehash`, the file is re-hashed; the returned entry then carries the file's current mtime.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None, "missing"
-    if st.st_size != entry["bytes"]:
-        return None, f"{st.st_size} bytes, the manifest says {entry['bytes']}"
-    if rehash or entry.get("mtime_ns") != st.st_mtime_ns:
-        if _sha256_file(path) != entry["sha256"]:
-            return None, "its sha256 differs from the manifest's (modified after it was written)"
-        entry = dict(entry, mtime_ns=st.st_mtime_ns)
-    return entry, ""
-
-
-def read_manifests(out: str, fingerprint: str, rehash: bool = False,
-                   only: set[str] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
-    """Finished shards of this plan in every part manifest: ({relpath: entry} of intact ones, {relpath: why not}
-    of listed ones that are missing or changed) -- see check_finished. `only` limits the check to those shards
-    (a part leaves the shards that other parts may be writing alone)."""
-    entries: dict[str, dict] = {}
-    rejected: dict[str, str] = {}
-    wdir = work_dir(out)
-    if not os.path.isdir(wdir):
-        return entries, rejected
-    for name in sorted(os.listdir(wdir)):
-        if not (name.startswith("manifest-part-") and name.endswith(".json")):
-            continue
-        manifest = load_part_manifest(os.path.join(wdir, name))
-        if manifest.get("fingerprint") != fingerprint:
-            continue
-        for rel, entry in manifest["shards"].items():
-            if rel in entries or (only is not None and rel not in only):
-                continue
-            ok, why = check_finished(os.path.join(out, rel), entry, rehash)
-            if ok is None:
-                rejected[rel] = why
-            else:
-                entries[rel] = ok
-                rejected.pop(rel, None)
-    return entries, rejected
-
-
-def remove_stale_temps(out: str, rels: list[str], part: tuple[int, int]) -> list[str]:
-    """Delete `<shard>.tmp-<pid>` (and this part's manifest temps) that a killed run of this part left behind.
-
-    Only this part's files: another part may be writing its own right now. Two runs of one part at once are not
-    supported anyway (they would write the same shards).
-    """
-    patterns = [glob.escape(os.path.join(out, rel)) + ".tmp-*" for rel in rels]
-    patterns.append(glob.escape(manifest_path(out, part)) + ".tmp-*")
-    removed = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern)):
-            os.remove(path)
-            removed.append(path)
-    return removed
-
-
-def save_plan(out: str, plan: dict) -> None:
-    """Store the plan, or check that an existing one (an earlier or parallel part) is the same plan."""
-    os.makedirs(work_dir(out), exist_ok=True)
-    path = os.path.join(work_dir(out), "plan.json")
-    if not os.path.exists(path) and write_json_exclusive(path, plan):
-        return
-    # an earlier part, or one started at the same moment (write_json_exclusive lets only one create the file)
-    old = load_json(path, "the conversion plan")
-    if not isinstance(old, dict):
-        raise ConvertError(f"{path}: the conversion plan is not a JSON object; it was damaged or edited by hand")
-    if old.get("fingerprint") != plan["fingerprint"]:
-        raise ConvertError(f"{out} holds a conversion with other inputs or options (plan {old.get('fingerprint')} "
-                           f"!= {plan['fingerprint']}); use another --out or delete {out}")
-
-
-# ----------------------------------------------------------------------------------------------- workers
 def process_sequence(task: dict) -> dict:
     """Worker: load every frame of one sequence. Returns {'rows': [...], 'skipped': [...], 'dropped': record|None}.
 
@@ -346,7 +64,7 @@ def process_sequence(task: dict) -> dict:
         try:
             fr = co3d.load_frame(task["co3d_dir"], entry, task["max_side"], category)
         except co3d.BadInput as exc:
-            skipped.append(_record(split, category, name, i, exc.path, exc.reason, exc.detail))
+            skipped.append(record(split, category, name, i, exc.path, exc.reason, exc.detail))
             if task["strict"]:
                 break
             continue
@@ -364,7 +82,7 @@ def process_sequence(task: dict) -> dict:
         })
     dropped = None
     if len(rows) < task["min_frames"] and not (task["strict"] and skipped):
-        dropped = _record(split, category, name, None, f"{category}/{name}", "too_few_frames",
+        dropped = record(split, category, name, None, f"{category}/{name}", "too_few_frames",
                           f"{len(rows)} valid of {len(task['entries'])} annotated < --min-frames {task['min_frames']}")
         rows = []
     return {"rows": rows, "skipped": skipped, "dropped": dropped}
@@ -390,7 +108,6 @@ def _ordered_results(tasks: Iterator[dict], workers: int) -> Iterator[tuple[dict
         for task in tasks:
             yield task, _result(task, lambda: process_sequence(task))
         return
-    from vggt_train.data.pool import process_pool
 
     pool = process_pool(workers)
     pending: collections.deque = collections.deque()
@@ -422,7 +139,7 @@ class _Annotations:
                 co3d.check_regular_file(path, "missing_annotation_file")
             except co3d.BadInput as exc:
                 raise ConvertError(f"{exc}; restart the conversion into a new --out") from None
-            if _sha256_file(path) != self.plan["inputs"].get(os.path.basename(path)):
+            if sha256_file(path) != self.plan["inputs"].get(os.path.basename(path)):
                 raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")
             self.cache[key] = co3d.load_annotation_file(path)
             while len(self.cache) > 2:
@@ -430,14 +147,12 @@ class _Annotations:
         return self.cache[key][sequence]
 
 
-# ----------------------------------------------------------------------------------------------- writing
 class ShardWriter:
     """Streams record batches into `<final>.tmp-<pid>`; `commit()` fsyncs, renames and returns size and sha256."""
 
     def __init__(self, final_path: str):
         import pyarrow as pa
 
-        from vggt_train.data.schema import arrow_schema
 
         self.pa = pa
         self.final = final_path
@@ -454,13 +169,9 @@ class ShardWriter:
 
     def _error(self, exc: OSError) -> ConvertError:
         # Write errors (a full disk, a quota) often carry no path; say which file.
-        from vggt_train.cli import describe_os_error
-
         return ConvertError(f"writing {self.tmp} failed: {describe_os_error(exc)}")
 
     def write(self, rows: list[dict]) -> None:
-        from vggt_train.data.schema import frame_columns
-
         for s in range(0, len(rows), ROWS_PER_BATCH):
             table = self.pa.Table.from_pydict(frame_columns(rows[s:s + ROWS_PER_BATCH]), schema=self.schema)
             try:
@@ -480,7 +191,7 @@ class ShardWriter:
         os.replace(self.tmp, self.final)
         st = os.stat(self.final)
         # mtime lets a resume trust an untouched shard without re-reading it (see check_finished).
-        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(self.final), "rows": self.rows}
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(self.final), "rows": self.rows}
 
     def abort(self) -> None:
         for obj in (self.writer, self.sink):
@@ -493,61 +204,16 @@ class ShardWriter:
             os.remove(self.tmp)
 
 
-class LogProgress:
-    """Progress for logs (stderr not a terminal, e.g. Slurm): a line every `interval` s, not a redrawn bar."""
-
-    def __init__(self, total: int, interval: float, desc: str = "convert-co3d", stream=None):
-        self.total, self.interval, self.desc = total, interval, desc
-        self.stream = stream if stream is not None else sys.stderr
-        self.n = 0
-        self.t0 = self.last = time.monotonic()
-        self._print(f"{desc}: {total} frames to convert")
-
-    def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-    @staticmethod
-    def _hms(seconds: float) -> str:
-        s = int(round(seconds))
-        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-    def update(self, n: int) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            elapsed = now - self.t0
-            rate = self.n / elapsed if elapsed > 0 else 0.0
-            eta = self._hms((self.total - self.n) / rate) if rate > 0 else "?"
-            pct = 100.0 * self.n / self.total if self.total else 100.0
-            self._print(f"{self.desc}: {self.n}/{self.total} frames ({pct:.1f}%), {rate:.1f} frames/s, "
-                        f"elapsed {self._hms(elapsed)}, ETA {eta}")
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, quiet: bool):
-    """A tqdm bar on a terminal, periodic log lines otherwise, nothing under --quiet."""
-    from tqdm import tqdm
-
-    if not quiet and not sys.stderr.isatty():
-        return LogProgress(total, float(os.environ.get(PROGRESS_INTERVAL_ENV, "") or 30.0))
-    return tqdm(total=total, unit="frame", desc="convert", dynamic_ncols=True, smoothing=0.05, disable=quiet)
-
-
 def convert(opts: Options) -> dict:
     """Convert this part's shards (skipping finished ones); finalize when the run is the whole plan (part 0/1).
 
     Returns a summary {'splits': {split: stats}, 'reused_shards', 'written_shards', 'seconds', 'frames'}.
     """
-    from vggt_train.cli import output_dir_problem
 
     t0 = time.perf_counter()
     problem = output_dir_problem(opts.out)
     if problem:
         raise ConvertError(f"cannot write --out {opts.out}: {problem}")
-    from vggt_train import run_lock
 
     what = f"convert-co3d part {opts.part[0]}/{opts.part[1]}"
     try:
@@ -558,11 +224,6 @@ def convert(opts: Options) -> dict:
             return _convert(opts, t0)
     except run_lock.LockHeldError as exc:
         raise ConvertError(str(exc)) from None
-
-
-def lock_path(out: str, slot: str) -> str:
-    """The lock file of one conversion part ('part-00000-of-00004') or of a merge ('merge') in OUT."""
-    return os.path.join(work_dir(out), f"lock-{slot}")
 
 
 def _convert(opts: Options, t0: float) -> dict:
@@ -598,7 +259,7 @@ def _convert(opts: Options, t0: float) -> dict:
                        "max_side": opts.max_side, "min_frames": opts.min_frames, "strict": opts.strict}
 
     remaining = {(s, k): len(plan["splits"][s][k]) for s, k in todo}
-    bar = _progress(sum(n for s, k in todo for _c, _q, n in plan["splits"][s][k]), opts.quiet)
+    bar = progress_bar(sum(n for s, k in todo for _c, _q, n in plan["splits"][s][k]), opts.quiet)
     writer: ShardWriter | None = None
     current: dict | None = None
     written = 0
@@ -640,8 +301,6 @@ def _convert(opts: Options, t0: float) -> dict:
     summary = summarize(plan, manifest["shards"], mine)
     summary.update(reused_shards=len(mine) - len(todo), written_shards=len(todo), seconds=time.perf_counter() - t0)
     if opts.part[1] == 1:
-        from vggt_train.data.merge import finalize
-
         finalize(opts.out)
     return summary
 
@@ -653,63 +312,12 @@ def _commit(writer: ShardWriter, content: dict, manifest: dict, mpath: str, rel:
     write_json_atomic(mpath, manifest)
 
 
-# ----------------------------------------------------------------------------------------------- summary
-def summarize(plan: dict, entries: dict[str, dict], jobs: list[tuple[str, int]]) -> dict:
-    """Per-split counts over `jobs` from their manifest entries (so resumed shards are counted too)."""
-    splits: dict[str, dict] = {}
-    for split, k in jobs:
-        st = splits.setdefault(split, {"sequences": 0, "frames": 0, "skipped": collections.Counter(), "dropped": 0,
-                                       "shards": 0, "bytes": 0})
-        e = entries[shard_relpath(plan, split, k)]
-        st["sequences"] += len(e["sequences"])
-        st["frames"] += e["rows"]
-        st["dropped"] += len(e["dropped"])
-        st["skipped"].update(r["reason"] for r in e["skipped"])
-        st["shards"] += 1
-        st["bytes"] += e["bytes"]
-    for split, st in splits.items():
-        st["filtered"] = plan["filtered"].get(split, {}).get("sequences", 0)
-    return {"splits": splits, "problems": plan["problems"]}
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return str(n)
-
-
-def format_summary(summary: dict, min_frames: int) -> str:
-    header = ["split", "sequences", "frames", "skipped frames", "dropped seqs", f"seqs < {min_frames} frames", "shards", "bytes"]
-    rows = [[s, st["sequences"], st["frames"], sum(st["skipped"].values()), st["dropped"], st["filtered"], st["shards"],
-             _fmt_bytes(st["bytes"])] for s, st in summary["splits"].items()]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(x).rjust(w) for x, w in zip(r, widths)) for r in [header] + rows]
-    reasons = collections.Counter()
-    for st in summary["splits"].values():
-        reasons.update(st["skipped"])
-    reasons.update(p["reason"] for p in summary["problems"])
-    drops = sum(st["dropped"] for st in summary["splits"].values())
-    if drops:
-        reasons["too_few_frames (sequences)"] = drops
-    lines.append("skipped by reason: " + (", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none"))
-    frames = sum(st["frames"] for st in summary["splits"].values())
-    secs = summary.get("seconds", 0.0)
-    lines.append(f"time {secs:.1f}s; {summary.get('written_shards', 0)} shards written, {summary.get('reused_shards', 0)} "
-                 f"reused from an earlier run; {frames / max(secs, 1e-9):.1f} frames/s over {frames} frames")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
 def _parse_part(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
         i, n = -1, 0
     if n < 1 or not 0 <= i < n:
-        from vggt_train.cli import CLIError
-
         raise CLIError(f"--part must be i/n with 0 <= i < n (e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), got {text!r}")
     return i, n
 
@@ -744,8 +352,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    from vggt_train.cli import CLIError
-
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     if not splits or len(set(splits)) != len(splits):
         raise CLIError(f"--splits must be a comma list of distinct names, got {args.splits!r}")
@@ -758,8 +364,6 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
-
     opts = options_from_args(args)
     try:
         summary = convert(opts)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vggt_train.data.schema import INDEX_FILE
+from vggt_train.data.shards.schema import INDEX_FILE
 
 
 class ShardError(ValueError):
@@ -47,7 +47,7 @@ def open_shard(path: str):
     value is touched (damaged offsets would otherwise crash the process); raises ShardError naming the shard."""
     import pyarrow as pa
 
-    from vggt_train.data.schema import arrow_schema
+    from vggt_train.data.shards.schema import arrow_schema
 
     arrow_schema()  # registers datasets' Array2D extension type before reading
     batches, rows = [], 0

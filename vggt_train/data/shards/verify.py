@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from vggt_train.data.schema import INDEX_FILE, MANIFEST_FILE, WORK_DIR
+from vggt_train.data.shards.schema import INDEX_FILE, MANIFEST_FILE, WORK_DIR
+from vggt_train.errors import CLIError
 
 _SPLIT_FILES = ("state.json", "dataset_info.json", INDEX_FILE)
 
@@ -25,7 +26,7 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
 
     Worker-safe (spawned processes call it). `runs` lists consecutive same-sequence rows, for the index check.
     """
-    from vggt_train.data.schema import arrow_schema
+    from vggt_train.data.shards.schema import arrow_schema
 
     name = os.path.basename(path)
     errors: list[str] = []
@@ -42,7 +43,7 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
             h.update(block)
     if h.hexdigest() != expected["sha256"]:
         errors.append(f"{name}: sha256 {h.hexdigest()[:16]}... != manifest {expected['sha256'][:16]}...")
-    from vggt_train.data.reader import ShardError, open_shard
+    from vggt_train.data.shards.reader import ShardError, open_shard
 
     try:
         table = open_shard(path)  # every record batch passes validate(full=True) before a value is read
@@ -58,7 +59,7 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
 
 def _check_table(table, name: str, expected: dict, decode: bool, errors: list, runs: list) -> bool:
     """Append what is wrong with a shard's rows to `errors`; returns whether the shard has per-row checksums."""
-    from vggt_train.data.schema import CHECKSUM_COLUMN, arrow_schema, payload_checksum
+    from vggt_train.data.shards.schema import CHECKSUM_COLUMN, arrow_schema, payload_checksum
 
     expected_schema = arrow_schema()
     has_checksums = True
@@ -84,7 +85,7 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
             if any(r[0] == s for r in runs):
                 errors.append(f"{name}: rows of {s} are not contiguous")
             runs.append([s, 1])
-    from vggt_train.data.reader import _fixed_matrix
+    from vggt_train.data.shards.reader import _fixed_matrix
 
     ext = _fixed_matrix(table.column("extrinsic"), (3, 4))
     intr = _fixed_matrix(table.column("intrinsic"), (3, 3))
@@ -170,7 +171,7 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
     Returns {'errors': [...], 'warnings': [...], 'splits': {split: {'rows', 'sequences', 'shards'}}}; 'sequences'
     is None when the split's sequence index cannot be read.
     """
-    from vggt_train.data.reader import index_problems
+    from vggt_train.data.shards.reader import index_problems
     from vggt_train.data.safe_names import is_plain_name
 
     errors: list[str] = []
@@ -270,8 +271,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.cli import CLIError
-
     if not os.path.isdir(args.root):
         raise CLIError(f"{args.root} is not a directory")
     result = verify_dataset(args.root, decode=not args.no_decode, workers=max(1, args.workers))

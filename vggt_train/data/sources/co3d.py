@@ -19,12 +19,6 @@ from PIL import Image
 
 SPLITS = ("train", "test")
 
-# The 41 categories the official VGGT recipe trains on.
-CO3D_TRAIN_CATEGORIES = (
-    "apple backpack banana baseballbat baseballglove bench bicycle bottle bowl broccoli cake car carrot cellphone "
-    "chair cup donut hairdryer handbag hydrant keyboard laptop microwave motorcycle mouse orange parkingmeter pizza "
-    "plant stopsign teddybear toaster toilet toybus toyplane toytrain toytruck tv umbrella vase wineglass"
-).split()
 
 # Reason codes written to report.json; the keys are stable (scripts may group by them).
 REASONS = {

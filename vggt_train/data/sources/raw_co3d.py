@@ -14,8 +14,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from vggt_train.data import co3d
-from vggt_train.data.sources import BadFrame, FrameSource, RawFrame
+from vggt_train.data.sources import co3d
+from vggt_train.data.sources.base import BadFrame, FrameSource, RawFrame
+from vggt_train.data.sources.select import select_categories
 
 _FIELD_OF_REASON = {"missing_image": "image", "corrupt_image": "image", "missing_depth": "depth", "corrupt_depth": "depth",
                     "missing_mask": "mask", "corrupt_mask": "mask", "bad_camera": "camera", "bad_annotation": "annotation",
@@ -23,7 +24,7 @@ _FIELD_OF_REASON = {"missing_image": "image", "corrupt_image": "image", "missing
 
 
 class RawCo3DSource(FrameSource):
-    """One split of a raw Co3D tree. categories: "all" (every <category>_<split>.jgz), "train41" or "a,b,c"."""
+    """One split of a raw Co3D tree. categories: any selection of sources.select ("all", "train41", "a,b,c")."""
 
     def __init__(self, co3d_dir: str, annotation_dir: str, split: str = "train", categories: str = "all", min_frames: int = 24):
         if not os.path.isdir(co3d_dir):
@@ -32,15 +33,10 @@ class RawCo3DSource(FrameSource):
             raise FileNotFoundError(f"annotation dir {annotation_dir} does not exist")
         self.co3d_dir, self.annotation_dir, self.split = co3d_dir, annotation_dir, split
         self.categories_arg, self.min_frames = categories, int(min_frames)
-        found = co3d.find_categories(annotation_dir, [split])
-        if categories == "all":
-            cats = found
-        else:
-            wanted = co3d.CO3D_TRAIN_CATEGORIES if categories == "train41" else [c.strip() for c in categories.split(",") if c.strip()]
-            missing = sorted(set(wanted) - set(found))
-            if missing:
-                raise FileNotFoundError(f"no {split} annotation file in {annotation_dir} for categories: {', '.join(missing)}")
-            cats = sorted(set(wanted))
+        try:
+            cats = select_categories(categories, co3d.find_categories(annotation_dir, [split]))
+        except ValueError as exc:
+            raise FileNotFoundError(f"no {split} annotation file in {annotation_dir}: {exc}") from None
         self.sequences: List[str] = []
         self._category: Dict[str, str] = {}
         self._filepaths: Dict[str, List[str]] = {}

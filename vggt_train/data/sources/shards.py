@@ -1,11 +1,8 @@
-"""Frame sources: where MultiViewDataset reads stored frames from (converted shards, memory; raw Co3D in raw_reader).
+"""ShardSource: frames of one converted split, read column by column from the memory-mapped Arrow shards.
 
-A source lists `sequences` and answers `read_frame(sequence, position) -> RawFrame`. A frame it cannot use raises
-BadFrame (the dataset replaces it per its policy); a shard whose buffers are damaged raises ShardReadError.
-
-ShardSource reads the converted Arrow shards column by column from the memory map. Schema-2 shards carry a
-per-row payload checksum, recomputed on every read: a frame whose image, depth or camera bytes changed since
-conversion is a BadFrame naming the shard and row. Schema-1 shards (no checksum column) still load, with a note.
+Schema-2 shards carry a per-row payload checksum, recomputed on every read: a frame whose image, depth or camera
+bytes changed since conversion is a BadFrame naming the shard and row. Schema-1 shards (no checksum column) still
+load, with a note. Damaged buffers are a ShardReadError naming the shard and row.
 """
 
 from __future__ import annotations
@@ -15,66 +12,22 @@ import bisect
 import itertools
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from vggt_train.data.sampler import IndexInfo
-from vggt_train.data.schema import payload_checksum
+from vggt_train.data.shards.reader import Co3DSplit
+from vggt_train.data.shards.schema import CHECKSUM_COLUMN, INDEX_FILE, payload_checksum
+from vggt_train.data.sources.base import BadFrame, FrameSource, RawFrame, ShardReadError
+from vggt_train.data.sources.select import Selection, parse_categories
 
 log = logging.getLogger("vggt_train.data")
 
-
-@dataclass
-class RawFrame:
-    """One stored frame: encoded image (bytes-like) or [H, W, 3] uint8, depth [H, W] (float16/32, may be a
-    read-only view), extrinsic [3, 4] and intrinsic [3, 3] (float64), annotation frame index, and where it lives."""
-
-    image: Any
-    depth: np.ndarray
-    extrinsic: np.ndarray
-    intrinsic: np.ndarray
-    frame: int
-    where: str
-
-
-class BadFrame(Exception):
-    """A stored frame that cannot be used: `where` names the file/row, `field` the column, `detail` the cause."""
-
-    def __init__(self, where: str, field: str, detail: str):
-        self.where, self.field, self.detail = where, field, detail
-        super().__init__(f"{where}: field {field!r}: {detail}")
-
-
-class ShardReadError(RuntimeError):
-    """A row of a converted shard cannot be read (damaged buffers); the message names the shard and the row."""
-
-
-class FrameSource:
-    """What MultiViewDataset reads from. Subclasses set `sequences` and implement num_frames / read_frame."""
-
-    sequences: List[str]
-
-    def num_frames(self, sequence: str) -> int:
-        raise NotImplementedError
-
-    def category(self, sequence: str) -> str:
-        return ""
-
-    def read_frame(self, sequence: str, position: int) -> RawFrame:
-        """Frame at `position` (0..num_frames-1) of `sequence`; raises BadFrame for unusable stored data."""
-        raise NotImplementedError
-
-    def index_info(self) -> IndexInfo:
-        return IndexInfo(tuple(self.sequences), tuple(self.num_frames(s) for s in self.sequences))
+_SHARD_COLUMNS = ("image", "depth", "height", "width", "extrinsic", "intrinsic", "frame")
 
 
 def _as_bytes_view(value) -> memoryview:
     return memoryview(value.as_buffer() if hasattr(value, "as_buffer") else value)
-
-
-_SHARD_COLUMNS = ("image", "depth", "height", "width", "extrinsic", "intrinsic", "frame")
 
 
 def _storage(column):
@@ -99,7 +52,6 @@ class _ShardRows:
     def __init__(self, table):
         import pyarrow as pa
 
-        from vggt_train.data.schema import CHECKSUM_COLUMN
 
         names = list(_SHARD_COLUMNS) + ([CHECKSUM_COLUMN] if CHECKSUM_COLUMN in table.column_names else [])
         table = table.select(names)
@@ -181,11 +133,9 @@ def _in_main_process() -> bool:
 class ShardSource(FrameSource):
     """Frames of one converted split (`OUT/<split>`), read column-by-column from the memory-mapped shards."""
 
-    def __init__(self, split_dir: str, categories: Optional[Sequence[str]] = None):
-        from vggt_train.data.reader import Co3DSplit
-
+    def __init__(self, split_dir: str, categories: Selection = None):
         self.split_dir = split_dir
-        self.categories = sorted(set(categories)) if categories else None
+        self.categories = parse_categories(categories)
         self.split = Co3DSplit(split_dir)
         self.sequences = list(self.split.sequences)
         if self.categories is not None:
@@ -254,34 +204,8 @@ class ShardSource(FrameSource):
                         intrinsic=r["intrinsic"], frame=int(r["frame"]), where=where)
 
 
-class InMemorySource(FrameSource):
-    """Frames held in memory, for tests and tiny experiments.
-
-    frames: {sequence: [{"image": encoded bytes or [H, W, 3] uint8, "depth": [H, W], "extrinsic": [3, 4],
-    "intrinsic": [3, 3]}, ...]}.
-    """
-
-    def __init__(self, frames: Mapping[str, Sequence[Mapping[str, Any]]], categories: Optional[Mapping[str, str]] = None):
-        self.frames = {str(k): list(v) for k, v in frames.items()}
-        self.sequences = list(self.frames)
-        self._categories = dict(categories or {})
-
-    def num_frames(self, sequence: str) -> int:
-        return len(self.frames[sequence])
-
-    def category(self, sequence: str) -> str:
-        return self._categories.get(sequence, "")
-
-    def read_frame(self, sequence: str, position: int) -> RawFrame:
-        f = self.frames[sequence][position]
-        return RawFrame(f["image"], np.asarray(f["depth"]), np.asarray(f["extrinsic"], np.float64),
-                        np.asarray(f["intrinsic"], np.float64), int(f.get("frame", position)), f"memory:{sequence}/{position}")
-
-
 def resolve_split_dir(path: str, split: Optional[str]) -> str:
     """OUT + split -> OUT/split; a split directory itself is accepted too. Raises FileNotFoundError with a hint."""
-    from vggt_train.data.schema import INDEX_FILE
-
     candidates = ([os.path.join(path, split)] if split else []) + [path]
     for c in candidates:
         if os.path.isfile(os.path.join(c, INDEX_FILE)):
