@@ -217,3 +217,17 @@ def test_an_output_dir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(ConfigError, match="output_dir=.*out' exists and is not a directory"):
         load_config(None, ["data.path=/d", f"output_dir={tmp_path / 'out'}"])
+
+
+def test_the_finite_check_reads_a_zero3_partition_without_its_padding():
+    """ZeRO-3 pads every rank's partition to one size and never writes the padding (it may hold NaN): only the
+    real elements decide whether the weights are finite."""
+    from vggt_train.train.loop import _params_finite
+
+    model = torch.nn.Linear(3, 1, bias=False)  # 3 weights, partition of 4: one element of padding
+    p = model.weight
+    p.ds_numel = 3
+    p.ds_tensor = torch.tensor([1.0, 2.0, 3.0, float("nan")])
+    assert _params_finite(model)
+    p.ds_tensor[1] = float("inf")
+    assert not _params_finite(model)

@@ -166,9 +166,19 @@ def _any_rank(accelerator, flag: bool) -> bool:
 
 def _local_weights(model) -> Iterator[torch.Tensor]:
     """The weight values this rank holds: under ZeRO-3 a parameter is an empty placeholder and its values are
-    this rank's partition (`ds_tensor`)."""
+    the real elements of this rank's partition (`ds_tensor`). A partition is padded to an equal size on every rank
+    and the padding is never written (uninitialised memory, which may hold NaN), so it is left out."""
+    dist = torch.distributed
+    initialized = dist.is_available() and dist.is_initialized()
     for p in model.parameters():
-        yield getattr(p, "ds_tensor", None) if getattr(p, "ds_tensor", None) is not None else p
+        part = getattr(p, "ds_tensor", None)
+        if part is None:
+            yield p
+            continue
+        rank = dist.get_rank(group=getattr(p, "ds_process_group", None)) if initialized else 0  # its partition index
+        size = part.numel()
+        real = max(0, min(size, int(getattr(p, "ds_numel", size)) - rank * size))
+        yield part.reshape(-1)[:real]
 
 
 def _params_finite(model) -> bool:
