@@ -9,6 +9,7 @@ public names are imported on first use:
 """
 
 from vggt_train.data.shards.schema import decode_depth, decode_image
+from vggt_train.lazy import lazy_exports
 
 # name -> module, imported by __getattr__ on first access (PEP 562)
 _LAZY = {
@@ -27,15 +28,4 @@ _LAZY = {
 __all__ = ["decode_depth", "decode_image", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

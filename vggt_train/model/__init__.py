@@ -4,6 +4,8 @@ The names below are imported on first use, so that `vggt_train.model.config` (pr
 torch for the light commands that only read a config.
 """
 
+from vggt_train.lazy import lazy_exports
+
 _LAZY = {
     "VGGT": "vggt_train.model.vggt",
     "VGGTConfig": "vggt_train.model.config",
@@ -19,15 +21,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
