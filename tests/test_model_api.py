@@ -132,11 +132,14 @@ def test_bf16_model_runs_and_stays_close_to_float32(parity_dir):
         out = model.bfloat16()(inputs["images"], query_points=inputs["query_points"])
     for key in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "track", "vis", "conf"):
         assert out[key].dtype == torch.bfloat16, key
-        # bf16 keeps 8 mantissa bits: measured errors up to ~2% of an output's largest magnitude (track: 1 px of 54);
-        # vis/conf are probabilities whose logits went through every refinement iteration: up to 0.097 measured
-        # (torch 2.1's CPU bf16 kernels), so they get 0.12
+        # bf16 keeps 8 mantissa bits: measured errors up to ~2% of an output's largest magnitude (track: 1 px of 54).
+        # torch 2.1's CPU bf16 kernels round differently: there one element of vis (a probability after every
+        # refinement iteration) is off by 0.097, so on that torch alone vis/conf get 0.12; every newer torch keeps
+        # the common bound
         scale = reference[key].abs().max().item()
-        atol = 0.12 if key in ("vis", "conf") else 0.03 * scale + 0.05
+        atol = 0.03 * scale + 0.05
+        if key in ("vis", "conf") and tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 2):
+            atol = 0.12
         torch.testing.assert_close(out[key].float(), reference[key], atol=atol, rtol=0.05, msg=lambda m: f"{key}: {m}")
 
 

@@ -145,10 +145,7 @@ def arm_nonfinite_skip(zero_optimizer) -> None:
     real_step = zero_optimizer.step
 
     def step(*args, **kwargs):
-        if getattr(zero_optimizer, _NONFINITE_FLAG, False):
-            zero_optimizer.overflow = True
-        else:
-            zero_optimizer.overflow = False
+        zero_optimizer.overflow = bool(getattr(zero_optimizer, _NONFINITE_FLAG, False))
         setattr(zero_optimizer, _NONFINITE_FLAG, False)
         return real_step(*args, **kwargs)
 

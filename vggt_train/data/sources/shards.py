@@ -26,10 +26,6 @@ log = logging.getLogger("vggt_train.data")
 _SHARD_COLUMNS = ("image", "depth", "height", "width", "extrinsic", "intrinsic", "frame")
 
 
-def _as_bytes_view(value) -> memoryview:
-    return memoryview(value.as_buffer() if hasattr(value, "as_buffer") else value)
-
-
 def _storage(column):
     """A chunked column without its extension type (Array2D: list<list<float64>>): indexing the storage skips
     the extension-array wrappers, which cost more than the read itself."""
