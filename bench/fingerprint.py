@@ -24,6 +24,14 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _digest(batch, prefix: str, digests: dict) -> None:
+    import torch
+
+    for key, value in sorted(batch.items()):
+        if torch.is_tensor(value):
+            digests[prefix + key] = _sha(value.contiguous().numpy().tobytes())
+
+
 def _cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vggt_train", *args], check=True, stdout=subprocess.DEVNULL)
 
@@ -61,9 +69,13 @@ def main() -> None:
     for step in range(args.steps):
         batch = finish_batch(stream.batch(step))
         batches.append(batch)
-        for key, value in sorted(batch.items()):
-            if torch.is_tensor(value):
-                digests[f"{step}/{key}"] = _sha(value.contiguous().numpy().tobytes())
+        _digest(batch, f"{step}/", digests)
+    # the other pipeline paths: the resize deferred to the finishing stage, and no batch normalisation
+    for resample, normalize in (("device", True), ("worker", False)):
+        other = MultiViewDataset(out, "train", img_size=56, augment=True, resample=resample)
+        other_stream = RankBatchStream(other, planner, normalize=normalize)
+        for step in range(args.steps):
+            _digest(finish_batch(other_stream.batch(step)), f"{resample}-{int(normalize)}/{step}/", digests)
     model = VGGT.from_preset("tiny", track_head=None, point_head=None).train()
     loss_fn = MultitaskLoss(camera={"weight": 5.0}, depth={"weight": 1.0})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

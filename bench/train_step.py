@@ -53,7 +53,7 @@ def main() -> None:
     trainer = Trainer(cfg)
     raw_batch = next(trainer.data.train_stream(0, 1))
     same_batch = itertools.repeat(raw_batch)  # the trainer finishes it every step, counted as data time
-    batch = finish_batch(dict(raw_batch))
+    batch = finish_batch(raw_batch)
 
     torch.manual_seed(0)
     plain_model = build_model(cfg).train()

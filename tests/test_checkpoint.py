@@ -10,8 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import PARITY_DIR
-from vggt_train.model import CheckpointMismatchError, VGGT, export_official, load_pretrained, preset_config, read_state_dict
+from vggt_train.model import CheckpointMismatchError, VGGT, export_official, load_pretrained, read_state_dict
 
 
 def test_vggt_1b_preset_has_exactly_the_official_keys_and_shapes(parity_dir):

@@ -215,10 +215,10 @@ def test_worker_batches_do_not_depend_on_what_their_buffers_held(data, monkeypat
     monkeypatch.setattr(torch, "empty", poisoned)
     dirty = ds.load_batch(specs, 0.5, normalize=True, finish=False)
     monkeypatch.undo()
-    tensors = [k for k, v in clean.items() if isinstance(v, torch.Tensor)]
-    assert "pending_depths" in tensors and ("pending_window" in tensors or "pending_images" in tensors)
-    for k in tensors:
-        assert torch.equal(clean[k], dirty[k]), k
+    tensors = clean.tensors()
+    assert "depths" in tensors and ("windows" in tensors if resample == "device" else "images" in tensors)
+    for k, value in tensors.items():
+        assert torch.equal(value, dirty.tensors()[k]), k
 
 
 @pytest.mark.parametrize("checksums", [True, False])

@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline_data import portrait_frames, reference_batch, tiny_dataset
 from vggt_train.data.pipeline.dataset import InMemorySource, MultiViewDataset
+from vggt_train import geometry
 from vggt_train.data.pipeline.finish import finish_batch, is_finished
 from vggt_train.data.pipeline.resample import ViewResample, pack, resample_views, unpack, vertical_first
 from vggt_train.data.pipeline.sampler import SampleSpec, StepPlanner
@@ -44,7 +45,7 @@ def test_finishing_equals_the_recipe_done_per_view_in_the_worker(data, resample,
     for step in (0, 1):
         specs, aspect = _specs(ds, step, 3, aspect_range)
         raw = ds.load_batch(specs, aspect, normalize=normalize, finish=False)
-        assert not is_finished(raw) and raw["pending_depths"].dtype == torch.float16
+        assert not is_finished(raw) and raw.depths.dtype == torch.float16
         got = finish_batch(raw)
         _assert_batches_close(got, reference_batch(ds, specs, aspect, normalize))
         assert finish_batch(got) is got  # a finished batch passes through
@@ -68,7 +69,7 @@ def test_the_deferred_resize_gives_the_workers_images_bit_for_bit(data):
     for step in range(3):
         specs, aspect = _specs(worker, step, 4, (0.33, 1.0))
         a, b = worker.load_batch(specs, aspect, finish=False), device.load_batch(specs, aspect, finish=False)
-        assert "pending_images" in a and "pending_window" in b
+        assert a.images is not None and b.images is None and b.windows is not None
         assert torch.equal(finish_batch(a)["images"], finish_batch(b)["images"])
 
 
@@ -82,10 +83,35 @@ def test_finishing_leaves_the_workers_batch_untouched():
                "extrinsic": E, "intrinsic": K} for _ in range(3)]
     ds = MultiViewDataset.from_source(InMemorySource({"s": frames}), img_size=28)
     raw = ds.load_batch([SampleSpec("s", (0, 1, 2), 3)], 1.0, normalize=True, finish=False)
-    assert raw["pending_depths"].dtype == torch.float32
+    assert raw.depths.dtype == torch.float32
     a, b = finish_batch(raw), finish_batch(raw)
     for k in ("images", "depths", "world_points", "extrinsics"):
         assert torch.equal(a[k], b[k]), k
+
+
+def test_both_stages_normalise_with_the_geometry_halves():
+    """The batch normalisation is defined once (geometry): the worker's cameras are exactly
+    `first_camera_frame` of the plain cameras (in float64), and the finished depths exactly the plain ones divided
+    by `scene_scale` of the distances of the points seen from camera 0."""
+    rng = np.random.default_rng(1)
+    K = np.array([[40.0, 0, 31.5], [0, 40, 23.5], [0, 0, 1]])
+    frames = []
+    for _ in range(3):
+        q = rng.normal(size=4)
+        R = geometry.quat_to_mat(torch.tensor(q / np.linalg.norm(q), dtype=torch.float32)).double().numpy()
+        E = np.concatenate([R, rng.normal(size=(3, 1)).astype(np.float32)], 1)  # float32-exact cameras
+        frames.append({"image": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
+                       "depth": rng.uniform(1, 3, (48, 64)).astype(np.float32), "extrinsic": E, "intrinsic": K})
+    ds = MultiViewDataset.from_source(InMemorySource({"s": frames}), img_size=28, augment=False)
+    spec = [SampleSpec("s", (2, 0, 1), 0)]
+    plain, normed = (ds.load_batch(spec, 1.0, normalize=n, finish=False) for n in (False, True))
+    rigid = geometry.first_camera_frame(plain.extrinsics.double()).float()
+    assert torch.equal(normed.extrinsics, rigid)
+    depths = plain.depths.float()
+    _, _, dist = geometry.unproject_batch(depths, plain.intrinsics, rigid, with_norm=True)
+    scale = geometry.scene_scale(dist, (depths > 0) & torch.isfinite(dist))
+    assert torch.equal(finish_batch(normed)["depths"], depths / scale.view(-1, 1, 1, 1))
+    assert not torch.equal(scale, torch.ones_like(scale))
 
 
 def test_workers_ship_far_fewer_bytes(data):
@@ -96,7 +122,7 @@ def test_workers_ship_far_fewer_bytes(data):
     def nbytes(batch):
         return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
 
-    assert nbytes(finish_batch(raw)) > 7 * nbytes(raw)  # uint8 image + float16 depth vs float32 images and points
+    assert nbytes(finish_batch(raw)) > 7 * nbytes(raw.tensors())  # uint8 image + float16 depth vs float32 images and points
 
 
 @pytest.mark.parametrize("cojitter_ratio,shared", [(0.0, True), (1.0, False)])
@@ -109,7 +135,7 @@ def test_jitter_is_shared_by_the_views_of_a_sample_exactly_when_cojitter_says_so
     seq = ds.sequences[0]
     for seed in range(8):
         raw = ds.load_batch([SampleSpec(seq, (5, 5, 5), seed)], 1.0, finish=False)  # the same frame three times
-        rows = raw["pending"].jitter
+        rows = raw.plan.jitter
         images = finish_batch(raw)["images"][0]
         for v in (1, 2):
             assert np.array_equal(rows[v], rows[0]) == shared
@@ -137,7 +163,7 @@ def test_get_sample_returns_every_key_finished(data):
     ds = MultiViewDataset(data["root"], "train", img_size=28, resample="device")
     s = ds.get_sample(ds.sequences[0], [0, 4], 1.0, aug_seed=1)
     assert {"images", "depths", "extrinsics", "intrinsics", "cam_points", "world_points", "point_masks"} <= set(s)
-    assert not any(k.startswith("pending") for k in s) and s["images"].dtype == torch.float32
+    assert not {"plan", "windows", "resample_table"} & set(s) and s["images"].dtype == torch.float32
 
 
 # --------------------------------------------------------------------------------------- PIL's resize, on a device

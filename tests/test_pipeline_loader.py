@@ -72,7 +72,7 @@ def test_stream_is_the_same_with_any_number_of_workers(ds):
     assert len(direct) == len(loaded) == 6
     for a, b in zip(direct, loaded):
         assert not is_finished(b)  # workers ship the batch unfinished, through pinning/conversion intact
-        assert (a["step"], a["micro_step"]) == (b["step"], b["micro_step"])
+        assert (a.step, a.micro_step) == (b.step, b.micro_step)
         a, b = finish_batch(a), finish_batch(b)
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["world_points"], b["world_points"])
 
@@ -109,7 +109,7 @@ def test_resumed_stream_continues_the_same_batches(ds):
     resumed_planner.load_state_dict(state)
     resumed = list(RankBatchStream(ds, resumed_planner, 0, 1, accum_steps=2, start_step=resumed_planner.step, num_steps=2))
     for a, b in zip(full[4:], resumed):
-        assert a["step"] == b["step"] and torch.equal(a["pending_images"], b["pending_images"])
+        assert a.step == b.step and torch.equal(a.images, b.images)
 
 
 def test_worker_memory_is_flat(ds):

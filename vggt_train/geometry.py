@@ -27,8 +27,11 @@ __all__ = [
     "cam_to_world_points",
     "world_to_cam_points",
     "depth_to_world_points",
+    "unproject_batch",
     "project_world_points",
     "normalize_batch",
+    "first_camera_frame",
+    "scene_scale",
     "autocast_off",
 ]
 
@@ -221,6 +224,44 @@ def depth_to_world_points(depth: torch.Tensor, extrinsic: torch.Tensor, intrinsi
     return cam_to_world_points(depth_to_cam_points(depth, intrinsic), extrinsic)
 
 
+def unproject_batch(depths: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor, with_norm: bool = False):
+    """(cam_points, world_points [B, S, H, W, 3], |world point| [B, S, H, W] or None) of depths [B, S, H, W] through
+    intrinsics [B, S, 3, 3] and camera-from-world extrinsics [B, S, 3, 4], at integer pixel centres: the same
+    numbers as depth_to_cam_points / depth_to_world_points to float rounding (those are the plain reference;
+    this is the form the data pipeline runs on every batch).
+
+    world = depth * R^T K^-1 [u, v, 1] + (-R^T t): the ray is separable in u and v, so each world channel is an
+    outer sum of a row and a column term times the depth (a [HW, 3] x [3, 3] matmul is several times slower on
+    the CPU).
+    """
+    B, S, H, W = depths.shape
+    dev, dt = depths.device, depths.dtype
+    fx, fy = intrinsics[..., 0, 0, None], intrinsics[..., 1, 1, None]
+    cx, cy = intrinsics[..., 0, 2, None], intrinsics[..., 1, 2, None]
+    xs = (torch.arange(W, device=dev, dtype=dt) - cx) / fx  # [B, S, W]: camera x per unit depth
+    ys = (torch.arange(H, device=dev, dtype=dt) - cy) / fy  # [B, S, H]
+    # written channel by channel into the interleaved outputs (torch.stack on the last dim is ~5x slower on CPU)
+    cam = torch.empty((B, S, H, W, 3), device=dev, dtype=dt)
+    torch.mul(depths, xs[:, :, None, :], out=cam[..., 0])
+    torch.mul(depths, ys[:, :, :, None], out=cam[..., 1])
+    cam[..., 2] = depths
+    rot_t = extrinsics[..., :3].transpose(-1, -2)  # [B, S, 3, 3]
+    centre = -(rot_t @ extrinsics[..., 3:])[..., 0]  # [B, S, 3]
+    world = torch.empty_like(cam)
+    # one planar buffer for the three channels and one for the squared norm: on the CPU a fresh temporary costs
+    # more in page faults than the arithmetic on it
+    ray = torch.empty_like(depths)
+    squares = torch.zeros_like(depths) if with_norm else None
+    for k in range(3):
+        row = ys * rot_t[..., k, 1, None] + rot_t[..., k, 2, None]  # [B, S, H]
+        col = xs * rot_t[..., k, 0, None]  # [B, S, W]
+        torch.add(row[..., :, None], col[..., None, :], out=ray).mul_(depths).add_(centre[..., k, None, None])
+        world[..., k] = ray
+        if with_norm:  # planar here: far cheaper than a norm over the interleaved last dim
+            squares.addcmul_(ray, ray)
+    return cam, world, (squares.sqrt_() if with_norm else None)
+
+
 def project_world_points(
     world_points: torch.Tensor, extrinsic: torch.Tensor, intrinsic: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -277,44 +318,54 @@ def normalize_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     Keys used: extrinsics [B, S, 3, 4] (or [B, S, 4, 4]), world_points [B, S, H, W, 3], point_masks [B, S, H, W]
     (bool or 0/1), and if present depths [B, S, H, W], cam_points [B, S, H, W, 3]. Returns a new dict (the input
     is not modified; every other key is passed through) in which:
-      - extrinsics [B, S, 3, 4] = E_i @ inv(E_0): camera 0 becomes the identity (world origin);
+      - extrinsics [B, S, 3, 4] = E_i @ inv(E_0): camera 0 becomes the identity (world origin), the rigid half
+        (`first_camera_frame`);
       - world_points = R_0 X + t_0 (the same points in camera 0's frame);
-      - scale = mean over valid pixels of |world_points| (sum / (count + 1e-3), clamped to [1e-6, 1e6]); the
+      - scale = mean over valid pixels of |world_points| (the scale half, `scene_scale`); the
         translations, world_points, cam_points and depths are divided by it. Rotations and intrinsics are
         unchanged. A sample with no valid point gets scale 1e-6, as in the official code: its values grow large
         but stay finite, and the losses mask such samples out.
     Computed in the input dtype (float32 in training), autocast off. Non-finite points are left out of the scale
     (the official code would get a NaN scale) and non-finite outputs are replaced by 0.
+    The data pipeline calls the two halves itself: the rigid one in the worker (float64, per sample), the scale
+    one where the batch is finished (data/pipeline/finish.py).
     """
     with autocast_off(batch["extrinsics"].device.type):
         return _normalize_batch(batch)
 
 
+def first_camera_frame(extrinsics: torch.Tensor) -> torch.Tensor:
+    """The rigid half of the batch normalisation: camera-from-world extrinsics [B, S, 3, 4] (or [B, S, 4, 4]) ->
+    E_i @ inv(E_0) [B, S, 3, 4], so that camera 0 of each sample is the world origin. In the input dtype."""
+    if extrinsics.ndim != 4 or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
+        raise ValueError(f"extrinsics must be [B, S, 3, 4] or [B, S, 4, 4], got {tuple(extrinsics.shape)}")
+    extrinsics_h = _to_homogeneous(extrinsics)
+    return (extrinsics_h @ closed_form_inverse_se3(extrinsics_h[:, 0])[:, None])[:, :, :3]
+
+
+def scene_scale(distances: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The scale half of the batch normalisation: per sample, the mean of `distances` [B, ...] over the bool mask
+    `valid` (same shape), as sum / (count + 1e-3) clamped to [1e-6, 1e6] -> [B]. Translations, points and depths
+    are divided by it."""
+    dims = tuple(range(1, distances.ndim))
+    total = torch.where(valid, distances, torch.zeros_like(distances)).sum(dim=dims)
+    count = valid.sum(dim=dims).to(distances.dtype)
+    return (total / (count + _COUNT_EPS)).clamp(min=_SCALE_MIN, max=_SCALE_MAX)
+
+
 def _normalize_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """normalize_batch without the autocast guard."""
     extrinsics = batch["extrinsics"]
-    if extrinsics.ndim != 4 or extrinsics.shape[-2:] not in ((3, 4), (4, 4)):
-        raise ValueError(f"extrinsics must be [B, S, 3, 4] or [B, S, 4, 4], got {tuple(extrinsics.shape)}")
-    world_points = batch["world_points"]
-    masks = batch["point_masks"]
-
-    extrinsics_h = _to_homogeneous(extrinsics)
-    first = extrinsics_h[:, 0]  # [B, 4, 4]
-    new_extrinsics = extrinsics_h @ closed_form_inverse_se3(first)[:, None]  # [B, S, 4, 4]
-
+    new_extrinsics = first_camera_frame(extrinsics).clone()
+    first = _to_homogeneous(extrinsics)[:, 0]  # [B, 4, 4]
     # camera 0's camera-from-world transform maps the old world frame to the new one
-    rotation0 = first[:, None, :3, :3]  # [B, 1, 3, 3], broadcast over frames
-    translation0 = first[:, None, :3, 3]
-    new_world_points = _apply_transform(world_points, rotation0, translation0)
+    new_world_points = _apply_transform(batch["world_points"], first[:, None, :3, :3], first[:, None, :3, 3])
 
     dist = new_world_points.norm(dim=-1)
+    masks = batch["point_masks"]
     # A non-finite point never counts (the official mask-multiply would turn the whole sample's scale into NaN).
-    valid = (masks > 0.5 if masks.dtype != torch.bool else masks) & torch.isfinite(dist)
-    dist_sum = torch.where(valid, dist, torch.zeros_like(dist)).sum(dim=(1, 2, 3))
-    count = valid.sum(dim=(1, 2, 3)).to(dist.dtype)
-    scale = (dist_sum / (count + _COUNT_EPS)).clamp(min=_SCALE_MIN, max=_SCALE_MAX)  # [B]
+    scale = scene_scale(dist, (masks > 0.5 if masks.dtype != torch.bool else masks) & torch.isfinite(dist))  # [B]
 
-    new_extrinsics = new_extrinsics[:, :, :3].clone()
     new_extrinsics[..., 3] = new_extrinsics[..., 3] / scale.view(-1, 1, 1)
     out = dict(batch)
     out["extrinsics"] = _zero_non_finite(new_extrinsics)

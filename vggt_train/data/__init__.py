@@ -22,6 +22,8 @@ _LAZY = {
     "RankBatchStream": "vggt_train.data.pipeline.loader",
     "make_loader": "vggt_train.data.pipeline.loader",
     "finish_batch": "vggt_train.data.pipeline.finish",
+    "WorkerBatch": "vggt_train.data.pipeline.batch",
+    "TrainBatch": "vggt_train.data.pipeline.batch",
     "collate_and_normalize": "vggt_train.data.pipeline.collate",
 }
 

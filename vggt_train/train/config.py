@@ -302,7 +302,7 @@ def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail later (or silently misbehave), naming the field."""
     # torch-heavy modules: imported when a config is validated, so reading one (--print-config) stays light
-    from vggt_train.data.pipeline.finish import TARGET_KEYS
+    from vggt_train.data.pipeline.batch import TARGET_KEYS
     from vggt_train.losses import SUPERVISION, MultitaskLoss
     from vggt_train.model.config import PRESETS, preset_config
     from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref

@@ -14,11 +14,12 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Union
 
 import torch
 
 from vggt_train import kernels
+from vggt_train.data.pipeline.batch import WorkerBatch
 from vggt_train.data.pipeline.finish import finish_batch
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
 from vggt_train.train import checkpoints, clipping, compat, paths, run_info, safe_load
@@ -147,7 +148,10 @@ def _autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _to_device(batch: Dict, device: torch.device) -> Dict:
+def _to_device(batch: Union[WorkerBatch, Dict], device: torch.device) -> Union[WorkerBatch, Dict]:
+    """A stream's batch on the training device: a WorkerBatch moves itself, a finished dict tensor by tensor."""
+    if isinstance(batch, WorkerBatch):
+        return batch.to(device, non_blocking=True)
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 

@@ -10,8 +10,9 @@ Samples are *not* batch-normalised (collate.normalize does it). frame_ids are po
 sequence. With augment=False a sample depends on nothing but its arguments; with augment=True on `aug_seed` too.
 
 Two stages: `load_batch(..., finish=False)` is the CPU part a DataLoader worker runs (read, decode, crop/resize,
-depth gather, every random draw) and returns compact uint8 / float16 tensors; `finish.finish_batch` does the rest
-(uint8 -> float, colour jitter, points, normalisation) wherever the batch is, the training device in the trainer.
+depth gather, every random draw) and returns a WorkerBatch (batch.py) of compact uint8 / float16 tensors;
+`finish.finish_batch` does the rest (uint8 -> float, colour jitter, points, normalisation) wherever the batch is,
+the training device in the trainer.
 `get_sample` and `load_batch(finish=True)` run both on the CPU. resample="device" leaves the resize itself to the
 finishing stage too (PIL's exact LANCZOS/BICUBIC, see resample.py): the worker then only decodes and cuts.
 
@@ -31,12 +32,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from vggt_train.data.pipeline.finish import Pending, finish_batch
+from vggt_train.data.pipeline.batch import FinishPlan, TrainBatch, WorkerBatch
+from vggt_train.data.pipeline.finish import finish_batch
+from vggt_train.data.pipeline.resample import pack
 from vggt_train.data.pipeline.sampler import IndexInfo, SampleSpec
 from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-exported, part of the dataset's API
     BadFrame,
@@ -48,6 +51,7 @@ from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-expo
     resolve_split_dir,
 )
 from vggt_train.data.sources.select import Selection
+from vggt_train.geometry import first_camera_frame
 from vggt_train.data.pipeline.transforms import (
     JITTER_FIELDS,
     AugmentConfig,
@@ -72,19 +76,6 @@ __all__ = ["MultiViewDataset", "BadFrame", "FrameSource", "InMemorySource", "Raw
 _MAX_LOGGED = 10000  # distinct bad frames remembered for once-only warnings (bounds the set's memory)
 
 
-# ----------------------------------------------------------------------------------------------- the dataset
-def _homogeneous(extrinsic: np.ndarray) -> np.ndarray:
-    return np.concatenate([extrinsic, [[0.0, 0.0, 0.0, 1.0]]], 0)
-
-
-def _inverse_se3(extrinsic: np.ndarray) -> np.ndarray:
-    """[4, 4] inverse of a camera-from-world [3, 4] (R^T, -R^T t), in float64."""
-    inv = np.eye(4)
-    inv[:3, :3] = extrinsic[:, :3].T
-    inv[:3, 3] = -extrinsic[:, :3].T @ extrinsic[:, 3]
-    return inv
-
-
 @dataclass
 class _View:
     """One view after the worker's geometry: image (uint8 [vh, vw, 3] before rotation, or with a deferred resize
@@ -107,9 +98,8 @@ class _Deferred:
         self.rot90, self.vertical_first = [0] * n, [False] * n
         self.out_hw: List[tuple] = [(0, 0)] * n
 
-    def tensors(self) -> Dict[str, torch.Tensor]:
-        from vggt_train.data.pipeline.resample import pack
-
+    def tensors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(windows [n, h, w, 3] uint8, zero-padded to the largest; the packed resample table)."""
         n = len(self.windows)
         h = max([w.shape[0] for w in self.windows if w is not None] or [1])
         w_ = max([w.shape[1] for w in self.windows if w is not None] or [1])
@@ -123,7 +113,18 @@ class _Deferred:
             dst[i, wh:] = 0
             dst[i, :wh, ww:] = 0
         table = pack(self.coeffs, (max(o[0] for o in self.out_hw), max(o[1] for o in self.out_hw)))
-        return {"pending_window": window, "pending_resample": table}
+        return window, table
+
+
+@dataclass
+class _Filling:
+    """A WorkerBatch while its views are filled in, and what is only kept until it is complete: the deferred
+    resizes, the jitter rows and the cameras in float64 (made relative to view 0 per sample once it is whole)."""
+
+    batch: WorkerBatch
+    hw: Tuple[int, int]
+    deferred: Optional[_Deferred]
+    cameras: np.ndarray  # [B, S, 3, 4] float64
 
 
 class _SequenceUnusable(Exception):
@@ -208,18 +209,18 @@ class MultiViewDataset:
         return out
 
     def load_batch(self, specs: Sequence[SampleSpec], aspect_ratio: float = 1.0, normalize: bool = False,
-                   finish: bool = True) -> Dict[str, Any]:
+                   finish: bool = True) -> Union[TrainBatch, WorkerBatch]:
         """B specs with the same S as one batch of [B, S, ...] tensors, filled in place (no per-sample stacking).
 
-        finish=False stops after the worker's part (see finish.py): uint8 images (or source windows), float16
-        depth, float32 cameras and the drawn jitter, to be finished by `finish_batch` on the training device.
-        finish=True also finishes it here on the CPU: images, depths, extrinsics, intrinsics, cam_points,
-        world_points, point_masks.
+        finish=False stops after the worker's part and returns a WorkerBatch (batch.py): uint8 images (or source
+        windows), float16 depth, float32 cameras and the drawn jitter, to be finished by `finish_batch` on the
+        training device. finish=True also finishes it here on the CPU and returns a TrainBatch dict: images,
+        depths, extrinsics, intrinsics, cam_points, world_points, point_masks.
         normalize=True applies the official batch normalisation (geometry.normalize_batch: camera 0 becomes the
-        world origin, translations / depths / points divided by the mean distance of the valid world points),
-        split in two: the rigid part here in float64, the scale in the finishing stage (same result to float32
-        rounding; tested).
-        Extra keys: seq_names [B], categories [B], replaced [B] lists of replaced frames, frame_ids / frames [B, S]
+        world origin, translations / depths / points divided by the mean distance of the valid world points) in
+        its two halves: the rigid one here in float64 (geometry.first_camera_frame), the scale one in the
+        finishing stage (geometry.scene_scale); the same result to float32 rounding (tested).
+        Also: seq_names [B], categories [B], replaced [B] lists of replaced frames, frame_ids / frames [B, S]
         (positions used, annotation frame indices).
         """
         if not specs:
@@ -229,27 +230,29 @@ class MultiViewDataset:
             raise ValueError("every sample of a batch needs the same, non-zero number of frames")
         hw = self.target_shape(aspect_ratio)
         B, (H, W) = len(specs), hw
-        out: Dict[str, Any] = {
-            "extrinsics": torch.empty(B, S, 3, 4), "intrinsics": torch.empty(B, S, 3, 3),
-            "frame_ids": torch.empty(B, S, dtype=torch.int64), "frames": torch.empty(B, S, dtype=torch.int64),
-            # every view's slot is written whole (padding included): no zero-filling
-            "pending_depths": torch.empty(B, S, H, W, dtype=torch.float16),
-            "seq_names": [], "categories": [], "replaced": [],
-        }
         deferred = _Deferred(B * S) if self.resample == "device" else None
-        if deferred is None:
-            out["pending_images"] = torch.empty(B, S, H, W, 3, dtype=torch.uint8)
         jitter = np.zeros((B * S, len(JITTER_FIELDS)))
+        # every view's slot is written whole (padding included): no zero-filling
+        batch = WorkerBatch(
+            extrinsics=torch.empty(B, S, 3, 4), intrinsics=torch.empty(B, S, 3, 3),
+            depths=torch.empty(B, S, H, W, dtype=torch.float16),
+            frame_ids=torch.empty(B, S, dtype=torch.int64), frames=torch.empty(B, S, dtype=torch.int64),
+            images=None if deferred else torch.empty(B, S, H, W, 3, dtype=torch.uint8),
+            plan=FinishPlan(B, S, hw, bool(normalize), jitter),
+        )
+        fill = _Filling(batch, hw, deferred, np.empty((B, S, 3, 4)))
         for b, spec in enumerate(specs):
-            seq, replaced = self._fill_sample(out, deferred, jitter, b, spec, hw, normalize)
-            out["seq_names"].append(seq)
-            out["categories"].append(self.source.category(seq))
-            out["replaced"].append(replaced)
+            seq, replaced = self._fill_sample(fill, b, spec)
+            cameras = torch.from_numpy(fill.cameras[b:b + 1])
+            batch.extrinsics[b] = (first_camera_frame(cameras) if normalize else cameras)[0]
+            batch.seq_names.append(seq)
+            batch.categories.append(self.source.category(seq))
+            batch.replaced.append(replaced)
         if deferred is not None:
-            out.update(deferred.tensors())
-        out["pending"] = Pending(B, S, hw, bool(normalize), jitter, tuple(deferred.rot90) if deferred else (),
-                                 tuple(deferred.vertical_first) if deferred else (), tuple(deferred.out_hw) if deferred else ())
-        return finish_batch(out) if finish else out
+            batch.windows, batch.resample_table = deferred.tensors()
+            batch.plan.rot90, batch.plan.vertical_first = tuple(deferred.rot90), tuple(deferred.vertical_first)
+            batch.plan.out_hw = tuple(deferred.out_hw)
+        return finish_batch(batch) if finish else batch
 
     def _draws(self, spec: SampleSpec, S: int):
         if not self.augment:
@@ -263,18 +266,18 @@ class MultiViewDataset:
             jitters = [JitterDraw.draw(rng, cj, gp) for _ in range(S)]
         return views, jitters
 
-    def _fill_sample(self, out: Dict, deferred: Optional[_Deferred], jitter: np.ndarray, b: int, spec: SampleSpec, hw, normalize: bool):
+    def _fill_sample(self, fill: _Filling, b: int, spec: SampleSpec):
+        """Fill sample b of the batch; returns (the sequence used, the list of replacements)."""
         S = len(spec.frame_ids)
         views, jitters = self._draws(spec, S)
-        jitter[b * S:(b + 1) * S] = [j.row() for j in jitters]
+        fill.batch.plan.jitter[b * S:(b + 1) * S] = [j.row() for j in jitters]
         seq, replaced = spec.sequence, []
         if seq not in self._seq_pos:
             raise KeyError(f"sequence {seq!r} is not in the dataset")
         for attempt in range(self.max_sequence_retries):
             try:
-                frame0 = {} if normalize else None
                 for v, pos in enumerate(spec.frame_ids):
-                    self._fill_view(out, deferred, b, v, seq, pos, views[v], hw, replaced, frame0)
+                    self._fill_view(fill, b, v, seq, pos, views[v], replaced)
                 return seq, replaced
             except _SequenceUnusable:
                 nxt = self.sequences[(self._seq_pos[seq] + 1) % len(self.sequences)]
@@ -285,50 +288,44 @@ class MultiViewDataset:
         raise RuntimeError(f"{self.max_sequence_retries} sequences in a row had no usable frame (last: {seq}); "
                            f"the dataset looks corrupt: run `vggt-train verify-dataset`")
 
-    def _fill_view(self, out, deferred, b, v, seq, pos, draw, hw, replaced, frame0):
-        """Fill view v of sample b (the worker's part); with frame0 (a dict, empty for view 0) the extrinsic is
-        expressed relative to view 0's camera (its inverse is stored in frame0)."""
+    def _fill_view(self, fill: _Filling, b: int, v: int, seq: str, pos: int, draw: ViewDraw, replaced: List[str]) -> None:
+        """Fill view v of sample b (the worker's part) from position `pos` of `seq`, or the next usable one."""
+        batch = fill.batch
         n = self.source.num_frames(seq)
         pos = int(pos) % n
         for k in range(min(n, self.max_frame_retries)):
             p = (pos + k) % n
             try:
                 frame = self.source.read_frame(seq, p)
-                slot = out["pending_depths"][b, v].numpy()
-                view = self._process(frame, draw, hw, slot if depth_dtype(frame.depth) == slot.dtype else None)
+                slot = batch.depths[b, v].numpy()
+                view = self._process(frame, draw, fill.hw, slot if depth_dtype(frame.depth) == slot.dtype else None)
             except (BadFrame, BadView) as exc:
                 self._report(seq, p, exc)
                 continue
             if k:
                 replaced.append(f"{seq}/{pos} -> {seq}/{p}")
-            self._store_image(out, deferred, b, v, view)
+            self._store_image(fill, b, v, view)
             if view.depth is not None:  # not gathered into the batch: its dtype differs
-                depths = out["pending_depths"]
-                if view.depth.dtype != np.float16 and depths.dtype == torch.float16:
-                    depths = out["pending_depths"] = depths.float()  # a float32 source keeps its precision
-                depths[b, v].numpy()[...] = view.depth
-            extri = view.extrinsic
-            if frame0 is not None:
-                if "inverse" not in frame0:
-                    frame0["inverse"] = _inverse_se3(extri)
-                extri = (_homogeneous(extri) @ frame0["inverse"])[:3]
-            out["extrinsics"][b, v] = torch.from_numpy(np.array(extri, dtype=np.float32))
-            out["intrinsics"][b, v] = torch.from_numpy(np.array(view.intrinsic, dtype=np.float32))
-            out["frame_ids"][b, v] = p
-            out["frames"][b, v] = frame.frame
+                if view.depth.dtype != np.float16 and batch.depths.dtype == torch.float16:
+                    batch.depths = batch.depths.float()  # a float32 source keeps its precision
+                batch.depths[b, v].numpy()[...] = view.depth
+            fill.cameras[b, v] = view.extrinsic
+            batch.intrinsics[b, v] = torch.from_numpy(np.array(view.intrinsic, dtype=np.float32))
+            batch.frame_ids[b, v] = p
+            batch.frames[b, v] = frame.frame
             return
         raise _SequenceUnusable(seq)
 
-    def _store_image(self, out, deferred, b, v, view: _View) -> None:
-        plan = view.plan
+    def _store_image(self, fill: _Filling, b: int, v: int, view: _View) -> None:
+        plan, deferred = view.plan, fill.deferred
         if deferred is not None:
-            i = b * out["pending_depths"].shape[1] + v
+            i = b * fill.batch.plan.num_images + v
             deferred.windows[i], deferred.coeffs[i] = view.image if view.image is not None else (None, None)
             deferred.rot90[i] = plan.rot90_k
             deferred.vertical_first[i] = bool(view.image is not None and view.image[1].vertical_first)
             deferred.out_hw[i] = tuple(plan.out_hw)
             return
-        dst = out["pending_images"][b, v].numpy()
+        dst = fill.batch.images[b, v].numpy()
         vh, vw = plan.valid_hw
         if plan.rot90_k:
             canvas = np.zeros(tuple(plan.out_hw) + (3,), np.uint8)

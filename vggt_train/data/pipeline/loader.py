@@ -4,10 +4,10 @@
     stream = RankBatchStream(ds, planner, rank, world_size, accum_steps=2, start_step=resume_step)
     loader = make_loader(stream, num_workers=4)          # batch_size=None: one item = one micro-batch
     for batch in loader:                                 # accum_steps items per optimizer step, in order
-        batch = finish_batch(to_device(batch))           # the recipe's last part, on the training device
+        batch = finish_batch(batch.to(device))           # the recipe's last part, on the training device
 
-Workers ship the batch unfinished (finish.py: uint8 images, float16 depth, the drawn jitter): ~6x less to copy
-between processes, and the float work runs where it is cheapest. finish=True finishes in the worker instead.
+Workers ship the batch unfinished (a WorkerBatch, batch.py: uint8 images, float16 depth, the drawn jitter): ~6x
+less to copy between processes, and the float work runs where it is cheapest. finish=True finishes in the worker instead.
 
 Item k of the stream is micro-step k % accum_steps of step start_step + k // accum_steps. DataLoader worker w of
 n produces exactly the items with k % n == w, and the DataLoader returns them in k order, so the stream does not
@@ -17,18 +17,20 @@ depend on num_workers. Every batch depends only on (seed, step, rank, world_size
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vggt_train.data.pipeline.batch import TrainBatch, WorkerBatch
 from vggt_train.data.pipeline.dataset import MultiViewDataset
+from vggt_train.data.pipeline.finish import finish_batch
 from vggt_train.data.pipeline.sampler import StepPlanner
 
 
 class RankBatchStream(IterableDataset):
-    """Micro-batches of one rank. Once finished (`finish_batch`, or finish=True): dicts of images [B, S, 3, H, W]
-    float32 in [0, 1], depths [B, S, H, W], extrinsics [B, S, 3, 4], intrinsics [B, S, 3, 3], cam_points /
+    """Micro-batches of one rank, as WorkerBatch items. Once finished (`finish_batch`, or finish=True): TrainBatch
+    dicts of images [B, S, 3, H, W] float32 in [0, 1], depths [B, S, H, W], extrinsics [B, S, 3, 4], intrinsics [B, S, 3, 3], cam_points /
     world_points [B, S, H, W, 3], point_masks [B, S, H, W] bool (batch-normalised unless normalize=False), plus
     step, micro_step, aspect_ratio, seq_names [B], categories [B], frame_ids / frames [B, S] and replaced (per
     sample, the frames and sequences replaced because they were unusable).
@@ -46,12 +48,13 @@ class RankBatchStream(IterableDataset):
         self.start_step, self.num_steps = int(start_step), num_steps
         self.normalize, self.finish = normalize, finish
 
-    def batch(self, step: int, micro_step: int = 0) -> Dict[str, Any]:
-        """The micro-batch `micro_step` of `step` for this rank (what iteration yields; usable without a DataLoader)."""
+    def batch(self, step: int, micro_step: int = 0) -> Union[WorkerBatch, TrainBatch]:
+        """The micro-batch `micro_step` of `step` for this rank (what iteration yields; usable without a DataLoader):
+        a WorkerBatch, or with finish=True a TrainBatch."""
         plan = self.planner.rank_specs(step, self.rank, self.world_size, micro_step, self.accum_steps)
-        batch = self.dataset.load_batch(plan.specs, plan.aspect_ratio, normalize=self.normalize, finish=self.finish)
-        batch.update(step=plan.step, micro_step=int(micro_step), aspect_ratio=plan.aspect_ratio)
-        return batch
+        batch = self.dataset.load_batch(plan.specs, plan.aspect_ratio, normalize=self.normalize, finish=False)
+        batch.step, batch.micro_step, batch.aspect_ratio = plan.step, int(micro_step), plan.aspect_ratio
+        return finish_batch(batch) if self.finish else batch
 
     def _items(self) -> Iterator[tuple]:
         steps = itertools.count(self.start_step) if self.num_steps is None else range(self.start_step, self.start_step + self.num_steps)
@@ -59,7 +62,7 @@ class RankBatchStream(IterableDataset):
             for micro in range(self.accum_steps):
                 yield step, micro
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
+    def __iter__(self) -> Iterator[Union[WorkerBatch, TrainBatch]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         for k, (step, micro) in enumerate(self._items()):
