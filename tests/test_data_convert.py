@@ -320,12 +320,12 @@ def test_out_under_a_file_is_a_one_line_error(raw, tmp_path, capsys):
 
 
 def test_cli_turns_os_errors_into_one_line(monkeypatch, tmp_path, capsys):
-    from vggt_train.data.shards import verify
+    from vggt_train.data.shards import verify_cli
 
     def fail(*_a, **_k):
         raise PermissionError(13, "Permission denied", "/data/co3d_hf/train/data-00000-of-00001.arrow")
 
-    monkeypatch.setattr(verify, "verify_dataset", fail)
+    monkeypatch.setattr(verify_cli, "verify_dataset", fail)
     monkeypatch.delenv("VGGT_TRAIN_DEBUG", raising=False)
     assert cli_main(["verify-dataset", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -336,7 +336,7 @@ def test_cli_turns_os_errors_into_one_line(monkeypatch, tmp_path, capsys):
         cli_main(["verify-dataset", str(tmp_path)])
     # Anything else is a bug and keeps its traceback.
     monkeypatch.delenv("VGGT_TRAIN_DEBUG")
-    monkeypatch.setattr(verify, "verify_dataset", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(verify_cli, "verify_dataset", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cli_main(["verify-dataset", str(tmp_path)])
 

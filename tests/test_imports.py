@@ -1,5 +1,5 @@
-"""The package's import graph: no cycle (lazy imports inside functions included), and the library never imports
-the CLI module."""
+"""The package's import graph: no cycle (lazy imports inside functions included), the library never imports the
+CLI module, and argument parsing lives only in the `*_cli.py` modules of the subcommands."""
 
 from __future__ import annotations
 
@@ -93,3 +93,22 @@ def test_the_library_never_imports_the_cli_module():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _imports_argparse(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "argparse":
+            return True
+    return False
+
+
+def test_every_subcommand_lives_in_a_cli_module_and_only_those_parse_arguments():
+    from vggt_train.cli import SUBCOMMANDS
+
+    for command, (module, _) in SUBCOMMANDS.items():
+        assert module.rpartition(".")[2].endswith("_cli"), f"{command}: {module} is not named *_cli"
+        assert (PACKAGE.parent / (module.replace(".", "/") + ".py")).is_file(), f"{command}: {module} does not exist"
+    parsers = sorted(_module_name(p) for p in PACKAGE.rglob("*.py") if _imports_argparse(p))
+    assert parsers and all(m == "vggt_train.cli" or m.endswith("_cli") for m in parsers), parsers

@@ -7,20 +7,21 @@ import importlib
 import os
 import sys
 
-# Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+# Each subcommand lives in its own `*_cli.py` module (beside the library module it drives) exposing
+# `add_arguments(parser)` and `run(args) -> int`; library modules hold no argument parsing.
 # The CLI only imports the module that is asked for, so `vggt-train --help` stays fast and a missing
 # optional dependency of one command never breaks the others.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("vggt_train.train.cli", "train or fine-tune VGGT from a YAML config with key=value overrides (accelerate + DeepSpeed)"),
-    "export": ("vggt_train.train.export", "consolidate a training checkpoint (DeepSpeed ZeRO shards too) into an official model.pt/.safetensors"),
-    "plot-metrics": ("vggt_train.train.plot", "plot a run's loss curve to PNG and print a summary (first/last loss, samples/s)"),
+    "train": ("vggt_train.train.train_cli", "train or fine-tune VGGT from a YAML config with key=value overrides (accelerate + DeepSpeed)"),
+    "export": ("vggt_train.train.export_cli", "consolidate a training checkpoint (DeepSpeed ZeRO shards too) into an official model.pt/.safetensors"),
+    "plot-metrics": ("vggt_train.train.plot_cli", "plot a run's loss curve to PNG and print a summary (first/last loss, samples/s)"),
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
-    "convert-co3d": ("vggt_train.data.shards.convert", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
-    "merge-shards": ("vggt_train.data.shards.merge", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
-    "verify-dataset": ("vggt_train.data.shards.verify", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
-    "make-synthetic-co3d": ("vggt_train.data.synthetic", "render procedural textured scenes with exact depth in the raw Co3D layout"),
+    "convert-co3d": ("vggt_train.data.shards.convert_cli", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
+    "merge-shards": ("vggt_train.data.shards.merge_cli", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
+    "verify-dataset": ("vggt_train.data.shards.verify_cli", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
+    "make-synthetic-co3d": ("vggt_train.data.synthetic_cli", "render procedural textured scenes with exact depth in the raw Co3D layout"),
     "inspect-batch": ("vggt_train.data.inspect_cli", "draw one training batch: PNG grid (image, depth, mask per view) + PLY of its world points"),
-    "kernels": ("vggt_train.kernels.cli", "list kernel backends per op (available, selected); --check compares each with the reference"),
+    "kernels": ("vggt_train.kernels.kernels_cli", "list kernel backends per op (available, selected); --check compares each with the reference"),
 }
 
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from vggt_train.train.cli import main
+from vggt_train.train.train_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

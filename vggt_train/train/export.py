@@ -1,6 +1,6 @@
-"""`vggt-train export CKPT OUT`: turn a training checkpoint into an official-format model.pt / .safetensors.
+"""Turn a training checkpoint into an official-format model.pt / .safetensors (the library of `vggt-train export`).
 
-CKPT is a checkpoint directory (runs/x/checkpoints/step_00001000) or a run's output_dir (its newest complete
+The checkpoint is a checkpoint directory (runs/x/checkpoints/step_00001000) or a run's output_dir (its newest complete
 checkpoint is used). DeepSpeed ZeRO-1/2/3 shards are consolidated to full fp32 weights; heads the run was
 built without are filled from the run's starting checkpoint (model.checkpoint) when it had them, so the output
 is a complete checkpoint the official code loads with strict=True.
@@ -8,21 +8,12 @@ is a complete checkpoint the official code loads with strict=True.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Dict
 
 import torch
 
-from vggt_train.errors import CLIError
 from vggt_train.train import checkpoints
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint directory, or a run's output_dir (newest complete checkpoint)")
-    parser.add_argument("out", help="output file: .pt, .pth or .safetensors")
-    parser.add_argument("--no-fill", action="store_true", help="leave out the heads the run was built without (default: taken from the run's starting "
-                        "checkpoint, else their untrained initialisation, so the official code loads the file strictly)")
 
 
 def _resolve(path: Path) -> Path:
@@ -101,12 +92,3 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: boo
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     return export_official(model, out)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        path = export_checkpoint(args.checkpoint, args.out, fill_missing=not args.no_fill)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    print(f"wrote {path}")
-    return 0

@@ -1,18 +1,11 @@
-"""`vggt-train plot-metrics`: a loss plot (PNG) and a short summary of a run's metrics.jsonl."""
+"""A loss plot (PNG) and a short summary of a run's metrics.jsonl (the library of `vggt-train plot-metrics`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
 
-from vggt_train.errors import CLIError
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("metrics", help="a run's metrics.jsonl (or its output_dir)")
-    parser.add_argument("--out", help="PNG to write (default: loss.png next to metrics.jsonl)")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -77,24 +70,3 @@ def plot(records: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> int:
-    path = Path(args.metrics)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        raise CLIError(f"metrics file not found: {path}")
-    records = read_metrics(path)
-    summary = summarize(records)
-    if not summary:
-        raise CLIError(f"{path} has no training records yet")
-    out = Path(args.out) if args.out else path.with_name("loss.png")
-    plot(records, out)
-    print(f"steps {summary['steps']}, skipped {summary['skipped_steps']}")
-    print(f"train loss {summary['first_loss']:.4f} (mean of the first 10 logged steps) -> {summary['last_loss']:.4f} (last 10)")
-    if "first_val_loss" in summary:
-        print(f"validation loss {summary['first_val_loss']:.4f} -> {summary['last_val_loss']:.4f}")
-    print(f"throughput {summary['samples_per_s']:.1f} samples/s, {summary['images_per_s']:.1f} images/s (median)")
-    print(f"loss plot: {out}")
-    return 0

@@ -6,15 +6,13 @@ into OUT shard by shard (a rename on the same filesystem), so the data never exi
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 
 from vggt_train import run_lock
 from vggt_train.data.shards.finalize import finalize, load_plan
-from vggt_train.data.shards.layout import ConvertError, MergeError, load_part_manifest, lock_path, write_json_atomic
+from vggt_train.data.shards.layout import MergeError, load_part_manifest, lock_path, write_json_atomic
 from vggt_train.data.shards.schema import WORK_DIR
-from vggt_train.errors import CLIError
 
 
 def _move(src: str, dst: str) -> None:
@@ -72,20 +70,3 @@ def _merge_parts(out: str, part_dirs: list[str]) -> dict:
     if plan is None:
         raise MergeError(f"nothing to merge: {out} has no plan and no part directories were given")
     return finalize(out)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="the dataset root: where parts wrote (shared filesystem) or where to gather them")
-    parser.add_argument("part_dirs", nargs="*", metavar="PART_DIR",
-                        help="directories of `convert-co3d --part i/n` runs to move into OUT (renamed, not copied)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        manifest = merge_parts(args.out, args.part_dirs)
-    except ConvertError as exc:  # MergeError, or a damaged plan / part manifest
-        raise CLIError(str(exc)) from exc
-    for split, info in manifest["splits"].items():
-        print(f"{split}: {info['num_rows']} frames, {info['num_sequences']} sequences, {len(info['shards'])} shards")
-    print(f"merged into {args.out}; check with: vggt-train verify-dataset {args.out}")
-    return 0
