@@ -112,3 +112,42 @@ def test_every_subcommand_lives_in_a_cli_module_and_only_those_parse_arguments()
         assert (PACKAGE.parent / (module.replace(".", "/") + ".py")).is_file(), f"{command}: {module} does not exist"
     parsers = sorted(_module_name(p) for p in PACKAGE.rglob("*.py") if _imports_argparse(p))
     assert parsers and all(m == "vggt_train.cli" or m.endswith("_cli") for m in parsers), parsers
+
+
+# Imported inside functions without further comment: heavy or optional third-party packages, so that a light command
+# (`vggt-train --help`, reading a config, a conversion worker) does not pay for them.
+HEAVY_OR_OPTIONAL = {"accelerate", "datasets", "deepspeed", "huggingface_hub", "matplotlib", "pyarrow", "pycolmap",
+                     "safetensors", "scipy", "tensorboard", "torch_npu", "transformers", "trimesh", "wandb"}
+
+
+def lazy_imports_without_reason() -> list[str]:
+    """In-function imports of anything else that carry no comment (on their line, or the two lines above them or
+    above the run of imports they belong to) saying why."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        for fn in ast.walk(ast.parse(text, str(path))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    roots = {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    roots = {(node.module or "").split(".")[0]}
+                else:
+                    continue
+                if roots <= HEAVY_OR_OPTIONAL:
+                    continue
+                start = node.lineno - 1  # the comment may sit above a run of imports that share its reason
+                while start > 0 and lines[start - 1].strip().startswith(("import ", "from ")):
+                    start -= 1
+                context = lines[max(0, start - 2):node.end_lineno]
+                if not any("#" in line for line in context):
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return found
+
+
+def test_imports_sit_at_module_top_unless_a_reason_is_stated():
+    found = lazy_imports_without_reason()
+    assert not found, "in-function imports without a stated reason (move them to the top, or say why):\n" + "\n".join(found)

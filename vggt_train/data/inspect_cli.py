@@ -8,7 +8,11 @@ import os
 from typing import Dict, List
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from vggt_train.data.pipeline.dataset import MultiViewDataset
+from vggt_train.data.pipeline.loader import RankBatchStream
+from vggt_train.data.pipeline.sampler import StepPlanner
 from vggt_train.errors import CLIError
 
 
@@ -32,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_dataset(args):
-    from vggt_train.data.pipeline.dataset import MultiViewDataset
-
     kw = {"img_size": args.img_size, "patch_size": args.patch_size, "augment": not args.no_augment}
     try:
         if args.raw:
@@ -60,7 +62,6 @@ def _colorize_depth(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def write_grid(batch: Dict, path: str) -> None:
     """One row per view: image | depth | mask, samples one after the other, each row labelled."""
-    from PIL import Image, ImageDraw
 
     images = (batch["images"].permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)
     depths, masks = batch["depths"].numpy(), batch["point_masks"].numpy()
@@ -107,9 +108,6 @@ def batch_points(batch: Dict, sample: int, max_points: int, seed: int = 0):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.data.pipeline.loader import RankBatchStream
-    from vggt_train.data.pipeline.sampler import StepPlanner
-
     if args.num_images < 1 or args.samples < 1:
         raise CLIError("--num-images and --samples must be >= 1")
     if args.img_size % args.patch_size:

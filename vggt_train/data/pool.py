@@ -7,6 +7,8 @@ parent: Linux's PR_SET_PDEATHSIG where available, and everywhere a thread that p
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import signal
 import threading
@@ -19,7 +21,6 @@ _PR_SET_PDEATHSIG = 1
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
     """A spawn-context ProcessPoolExecutor of `workers` processes that exit when this process dies."""
-    import multiprocessing
 
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=exit_with_parent, initargs=(os.getpid(),))
@@ -28,7 +29,6 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
 def exit_with_parent(parent_pid: int) -> None:
     """Worker initializer: end this process as soon as `parent_pid` is no longer its parent."""
     try:
-        import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

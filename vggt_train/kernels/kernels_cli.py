@@ -13,7 +13,9 @@ import os
 
 import torch
 
+from vggt_train import kernels
 from vggt_train.errors import CLIError
+from vggt_train.kernels.check import format_rows, run_check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +44,6 @@ def _format_table(rows) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train import kernels
-    from vggt_train.kernels.check import format_rows, run_check
-
     try:
         rows = kernels.table()
     except kernels.KernelError as exc:  # a malformed VGGT_KERNELS

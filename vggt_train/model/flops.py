@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vggt_train.model.vggt import VGGT
 
 
 def _counter():
-    from torch.utils.flop_counter import FlopCounterMode
-
     return FlopCounterMode(display=False)
 
 

@@ -10,6 +10,8 @@ import torch
 
 from vggt_train.cli_args import parse_size
 from vggt_train.errors import CLIError
+from vggt_train.model import VGGT
+from vggt_train.model.flops import measure_flops
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vggt_train.model import VGGT
-    from vggt_train.model.flops import measure_flops
-
     h, w = parse_size(args.size, example="224x224", minimum=14, multiple_of=14)
     try:
         model = VGGT.from_preset(args.preset)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,9 +156,6 @@ class _SafetensorsFile:
     MAX_HEADER = 100 * 2**20
 
     def __init__(self, path: Path):
-        import json
-        import struct
-
         self.path = path
         size = path.stat().st_size
         with path.open("rb") as f:

@@ -14,6 +14,8 @@ import yaml
 
 from vggt_train.data.pipeline.augment_config import AugmentConfig
 from vggt_train.model.config import HEADS
+from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
+from vggt_train.train import paths
 
 
 class ConfigError(ValueError):
@@ -266,8 +268,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
     """Relative input paths made absolute by train/paths.py's lookup, so a run works from any directory; a file the
     run needs and no lookup finds is an error naming the directories tried."""
-    from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
-    from vggt_train.train import paths
 
     dirs = paths.search_dirs(config_file)
 

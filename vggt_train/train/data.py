@@ -11,6 +11,9 @@ from __future__ import annotations
 import warnings
 from typing import Any, Dict, Iterator, Optional
 
+from vggt_train.data.pipeline.dataset import MultiViewDataset
+from vggt_train.data.pipeline.loader import RankBatchStream, accelerator_present, make_loader
+from vggt_train.data.pipeline.sampler import StepPlanner
 from vggt_train.train.config import ConfigError, TrainConfig
 
 # validation draws from its own stream, fixed across evaluations so successive validation losses compare
@@ -27,7 +30,6 @@ def resample_placement(cfg: TrainConfig) -> str:
     to nothing), else the workers (PIL is faster than the same integer sums in torch on a CPU)."""
     if cfg.data.resample_on != "auto":
         return cfg.data.resample_on
-    from vggt_train.data.pipeline.loader import accelerator_present
 
     return "device" if accelerator_present() else "worker"
 
@@ -36,8 +38,6 @@ class TrainData:
     """Datasets and step planners for a run; streams are built per rank once the accelerator is up."""
 
     def __init__(self, cfg: TrainConfig):
-        from vggt_train.data.pipeline.sampler import StepPlanner
-
         self.cfg = cfg
         d = cfg.data
         self.resample = resample_placement(cfg)
@@ -65,7 +65,6 @@ class TrainData:
 
     def _dataset(self, split: str, augment: bool):
         """The split's MultiViewDataset: converted shards at data.path, or the raw Co3D layout with raw_annotation_dir."""
-        from vggt_train.data.pipeline.dataset import MultiViewDataset
 
         d = self.cfg.data
         kw = {"img_size": d.img_size, "patch_size": d.patch_size, "augment": augment, "aug": augment_config(self.cfg),
@@ -90,7 +89,6 @@ class TrainData:
 
     def train_stream(self, rank: int, world_size: int, start_step: int = 0) -> Iterator[Dict]:
         """Micro-batches of this rank from `start_step` on: grad_accum_steps items per optimiser step, in order."""
-        from vggt_train.data.pipeline.loader import RankBatchStream, make_loader
 
         stream = RankBatchStream(self.train_set, self.planner, rank, world_size, self.cfg.train.grad_accum_steps, start_step)
         d = self.cfg.data
@@ -100,7 +98,6 @@ class TrainData:
         """The same validation micro-batches at every evaluation (no augmentation), or None without a val split."""
         if self.val_set is None:
             return None
-        from vggt_train.data.pipeline.loader import RankBatchStream
 
         return iter(RankBatchStream(self.val_set, self.val_planner, rank, world_size, 1, 0))
 

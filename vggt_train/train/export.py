@@ -13,7 +13,10 @@ from typing import Dict
 
 import torch
 
-from vggt_train.train import checkpoints
+from vggt_train.model import VGGT, export_official, preset_config, read_state_dict
+from vggt_train.model.vggt import build_head
+from vggt_train.model.weights import compare_state_dict
+from vggt_train.train import checkpoints, safe_load
 
 
 def _resolve(path: Path) -> Path:
@@ -28,7 +31,6 @@ def _resolve(path: Path) -> Path:
 
 def consolidated_state_dict(ckpt: Path) -> Dict[str, torch.Tensor]:
     """Full fp32 model weights of a checkpoint written by accelerate's save_state (DeepSpeed or not)."""
-    from vggt_train.train import safe_load
 
     ds_dirs = [p for p in ckpt.iterdir() if p.is_dir() and any(p.glob("*model_states.pt"))]
     if ds_dirs:
@@ -55,9 +57,6 @@ def consolidated_state_dict(ckpt: Path) -> Dict[str, torch.Tensor]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, fill_missing: bool = True) -> Path:
     """Consolidate `checkpoint` and write an official checkpoint to `out`; returns the written path."""
-    from vggt_train.model import VGGT, export_official, preset_config, read_state_dict
-    from vggt_train.model.vggt import build_head
-    from vggt_train.model.weights import compare_state_dict
 
     ckpt = _resolve(Path(checkpoint))
     trainer_state = checkpoints.read_trainer_state(ckpt)

@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import math
 import os
+import resource
 import sys
 import time
 import warnings
@@ -17,17 +18,23 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Union
 
 import torch
+from tqdm.auto import tqdm
 
 from vggt_train import kernels
 from vggt_train.data.pipeline.batch import WorkerBatch
 from vggt_train.data.pipeline.finish import finish_batch
+from vggt_train.geometry import pose_encoding_to_extri_intri
+from vggt_train.losses import MultitaskLoss
+from vggt_train.model import VGGT, CheckpointMismatchError, load_pretrained, preset_config
+from vggt_train.model.flops import training_flops_per_image
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
-from vggt_train.train import checkpoints, clipping, compat, paths, run_info, safe_load
+from vggt_train.train import checkpoints, clipping, compat
+from vggt_train.train import data as train_data
+from vggt_train.train import paths, run_info, safe_load
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import DeviceChoice, check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
 from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, param_group_layout, set_lr
-
 
 # Test hooks (never set them otherwise): simulate a crash after a step, a NaN loss on rank 0 at given steps, or
 # weights turned non-finite after a step (what a checkpoint must then refuse to save).
@@ -123,7 +130,6 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
 def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
     """VGGT from the preset, the official weights (`checkpoint`: a local file, default model.checkpoint), frozen
     modules, checkpointing switch."""
-    from vggt_train.model import VGGT, CheckpointMismatchError, load_pretrained, preset_config
 
     config = preset_config(cfg.model.preset)
     for head in cfg.model.disable_heads:
@@ -194,9 +200,6 @@ class Trainer:
     """Owns the run: construction, the step, validation, checkpoints. `fit()` runs it to max_steps."""
 
     def __init__(self, cfg: TrainConfig):
-        from vggt_train.losses import MultitaskLoss
-        from vggt_train.train import data as train_data
-
         self.cfg = cfg
         # first of all: a run that asked for an NPU/GPU and cannot have one stops here, before any data is read
         self.device_choice = resolve_device(cfg.train.device)
@@ -387,7 +390,6 @@ class Trainer:
         elif dev.type == "npu":
             local = torch.npu.max_memory_allocated(dev)
         else:
-            import resource
 
             local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         value = torch.tensor([local / 2**30], device=dev, dtype=torch.float64)
@@ -400,8 +402,6 @@ class Trainer:
             return None
         key = (S, int(hw[0]), int(hw[1]))
         if key not in self._flops_cache:
-            from vggt_train.model import VGGT
-            from vggt_train.model.flops import training_flops_per_image
 
             with torch.device("meta"):
                 meta = VGGT(self.accelerator.unwrap_model(self.model).config)
@@ -412,8 +412,6 @@ class Trainer:
     # -- validation -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> Optional[Dict[str, float]]:
-        from vggt_train.geometry import pose_encoding_to_extri_intri
-
         stream = self.data.val_stream(self.accelerator.process_index, self.accelerator.num_processes)
         if stream is None:
             return None
@@ -468,7 +466,6 @@ class Trainer:
         stream = self.data.train_stream(acc.process_index, acc.num_processes, start_step=self.state.step)
         progress = None
         if acc.is_main_process and cfg.train.progress:
-            from tqdm.auto import tqdm
 
             # redraw often on a terminal; in a log file (no TTY) a line every 30 s is enough
             interactive = sys.stderr.isatty()

@@ -15,9 +15,11 @@ ZeRO consolidation) read pickled files with `torch.load`, DeepSpeed with `weight
 
 from __future__ import annotations
 
-import _compat_pickle
+import collections
 import contextlib
 import enum
+import importlib
+import inspect
 import io
 import pickle
 import pickletools
@@ -25,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import _compat_pickle
+import numpy as np
 import torch
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
@@ -54,8 +58,6 @@ def _allowed_entries() -> List[Tuple[str, Callable[[], object]]]:
 
     def numpy_attr(*names):
         def get():
-            import numpy as np
-
             obj = np
             for n in names:
                 obj = getattr(obj, n)
@@ -64,16 +66,10 @@ def _allowed_entries() -> List[Tuple[str, Callable[[], object]]]:
 
     def deepspeed_attr(module, name):
         def get():
-            import importlib
-
             return getattr(importlib.import_module(module), name)
         return get
 
     def np_core_reconstruct():
-        import importlib
-
-        import numpy as np
-
         # the module where the function lives in this numpy (numpy 1.26 also has a numpy._core shim package whose
         # submodules are attributes only once imported: never take the path from what happens to be imported)
         real = "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray"
@@ -115,7 +111,6 @@ _latin1_encode.__module__, _latin1_encode.__qualname__, _latin1_encode.__name__ 
 def _newer_torch_defaults() -> Dict[str, object]:
     """Plain data types that newer torch's weights-only unpickler allows and torch 2.1's lacks (the same checkpoint
     must load on both stacks): every torch dtype, torch.device, set/bytearray/complex/Counter, latin-1 bytes."""
-    import collections
 
     out: Dict[str, object] = {f"torch.{name}": obj for name, obj in vars(torch).items() if isinstance(obj, torch.dtype)}
     out.update({"torch.device": torch.device, "builtins.set": set, "builtins.bytearray": bytearray,
@@ -125,7 +120,7 @@ def _newer_torch_defaults() -> Dict[str, object]:
 
 def _torch_allowed() -> Dict[str, object]:
     """torch's own weights-only allow-list, completed with what newer releases added (see _newer_torch_defaults)."""
-    try:
+    try:  # a private module of torch, hence here and guarded
         from torch._weights_only_unpickler import _get_allowed_globals
 
         found = dict(_get_allowed_globals())
@@ -292,7 +287,7 @@ def _describe(f) -> str:
 
 def _safe_globals_list() -> list:
     """ALLOWED plus the callables of _newer_torch_defaults that this torch's own list lacks."""
-    try:
+    try:  # a private module of torch, hence here and guarded
         from torch._weights_only_unpickler import _get_allowed_globals
 
         own = set(_get_allowed_globals())
@@ -323,8 +318,6 @@ def make_restricted_load(real_load: Callable) -> Callable:
 
 
 def _load_params(fn) -> set:
-    import inspect
-
     try:
         return set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):

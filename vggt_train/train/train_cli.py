@@ -10,7 +10,13 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
+from vggt_train import run_lock
 from vggt_train.errors import CLIError, describe_os_error
+from vggt_train.model.hub import CheckpointSourceError
+from vggt_train.run_lock import LOCK_FILE, LockHeldError
+from vggt_train.train.config import ConfigError, load_config, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,10 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from vggt_train.train.config import ConfigError, load_config, to_dict
-
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -34,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    from vggt_train import run_lock
-    from vggt_train.run_lock import LOCK_FILE, LockHeldError
 
     with contextlib.ExitStack() as stack:
         if _is_rank0():  # one lock per run, taken before anything is written (error.txt belongs to the holder)
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(cfg) -> None:
-    from vggt_train.model.hub import CheckpointSourceError
-    from vggt_train.train.config import ConfigError
+    # torch, accelerate and DeepSpeed load here, once the config is valid: --print-config and a bad config answer fast
     from vggt_train.train.device import DeviceError
     from vggt_train.train.loop import Trainer, TrainingError
 
@@ -102,7 +101,6 @@ def _clear_error_file(output_dir: str) -> None:
 
 def _output_dir_of(args: argparse.Namespace) -> Optional[str]:
     """output_dir from the overrides or the YAML, read leniently, for a config that failed validation."""
-    import yaml
 
     for item in reversed(args.overrides or []):
         if item.startswith("output_dir="):

@@ -6,6 +6,8 @@ from typing import Any, Dict, Sequence
 
 import torch
 
+from vggt_train.geometry import normalize_batch
+
 # Keys normalize_batch rewrites; everything else passes through unchanged.
 GEOMETRY_KEYS = ("extrinsics", "world_points", "cam_points", "depths")
 TENSOR_KEYS = ("images", "depths", "extrinsics", "intrinsics", "cam_points", "world_points", "point_masks", "frame_ids", "frames")
@@ -32,7 +34,6 @@ def normalize(batch: Dict[str, Any]) -> Dict[str, Any]:
     Input/output: extrinsics [B, S, 3, 4], world_points / cam_points [B, S, H, W, 3], depths [B, S, H, W],
     point_masks [B, S, H, W]; intrinsics and images are unchanged. Returns a new dict.
     """
-    from vggt_train.geometry import normalize_batch
 
     return normalize_batch(batch)
 

@@ -41,17 +41,6 @@ from vggt_train.data.pipeline.batch import FinishPlan, TrainBatch, WorkerBatch
 from vggt_train.data.pipeline.finish import finish_batch
 from vggt_train.data.pipeline.resample import pack
 from vggt_train.data.pipeline.sampler import IndexInfo, SampleSpec
-from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-exported, part of the dataset's API
-    BadFrame,
-    FrameSource,
-    InMemorySource,
-    RawFrame,
-    ShardReadError,
-    ShardSource,
-    resolve_split_dir,
-)
-from vggt_train.data.sources.select import Selection
-from vggt_train.geometry import first_camera_frame
 from vggt_train.data.pipeline.transforms import (
     JITTER_FIELDS,
     AugmentConfig,
@@ -68,6 +57,18 @@ from vggt_train.data.pipeline.transforms import (
     rotate_camera,
     target_shape,
 )
+from vggt_train.data.sources import (  # InMemorySource, ShardReadError: re-exported, part of the dataset's API
+    BadFrame,
+    FrameSource,
+    InMemorySource,
+    RawFrame,
+    ShardReadError,
+    ShardSource,
+    resolve_split_dir,
+)
+from vggt_train.data.sources.raw_co3d import RawCo3DSource
+from vggt_train.data.sources.select import Selection
+from vggt_train.geometry import first_camera_frame
 
 log = logging.getLogger("vggt_train.data")
 __all__ = ["MultiViewDataset", "BadFrame", "FrameSource", "InMemorySource", "RawFrame", "ShardReadError", "ShardSource",
@@ -172,7 +173,6 @@ class MultiViewDataset:
     @classmethod
     def from_raw(cls, co3d_dir: str, annotation_dir: str, split: str = "train", categories: Selection = "all", min_frames: int = 24, **kwargs):
         """Straight from the raw Co3D layout (no conversion): same samples, slower (PNG depth decode + clean-up per frame)."""
-        from vggt_train.data.sources.raw_co3d import RawCo3DSource
 
         return cls(source=RawCo3DSource(co3d_dir, annotation_dir, split, categories=categories, min_frames=min_frames), **kwargs)
 

@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 PRECISION_BITS = 22  # PIL's 32 - 8 - 2: 8 bits of result, 2 of headroom for the negative lobes
 
@@ -87,7 +88,6 @@ def _pillow_has_vertical_first_rule() -> bool:
     """Whether the installed Pillow runs the vertical pass first when (H - out_h) > 2 (W - out_w) (probed once)."""
     global _VERTICAL_FIRST_RULE
     if _VERTICAL_FIRST_RULE is None:
-        from PIL import Image
 
         rng = np.random.default_rng(0)
         img = Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8))

@@ -27,6 +27,7 @@ from PIL import Image
 
 # the settings live apart (no heavy imports) because the trainer's typed config reads them too
 from vggt_train.data.pipeline.augment_config import AugmentConfig, ColorJitterConfig  # noqa: F401
+from vggt_train.data.pipeline.resample import ViewResample
 
 try:
     _LANCZOS, _BICUBIC = Image.Resampling.LANCZOS, Image.Resampling.BICUBIC
@@ -202,7 +203,6 @@ def resample_image(img: Image.Image, plan: ViewPlan, use_draft: bool = True) -> 
 def resize_for_device(img: Image.Image, plan: ViewPlan, use_draft: bool = True):
     """What the device needs to resize the view as `resize_valid` does, bit for bit (see vggt_train.data.pipeline.resample):
     (source window [h, w, 3] uint8, ViewResample), or None when nothing is valid."""
-    from vggt_train.data.pipeline.resample import ViewResample
 
     vh, vw = plan.valid_hw
     if vh <= 0 or vw <= 0:

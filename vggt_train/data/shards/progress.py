@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from tqdm import tqdm
+
 # Seconds between progress lines when stderr is not a terminal (Slurm logs); tests set it small.
 PROGRESS_INTERVAL_ENV = "VGGT_TRAIN_PROGRESS_INTERVAL"
 
@@ -47,7 +49,6 @@ class LogProgress:
 
 def progress_bar(total: int, quiet: bool):
     """A tqdm bar on a terminal, periodic log lines otherwise, nothing under --quiet."""
-    from tqdm import tqdm
 
     if not quiet and not sys.stderr.isatty():
         return LogProgress(total, float(os.environ.get(PROGRESS_INTERVAL_ENV, "") or 30.0))

@@ -8,14 +8,18 @@
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import os
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
-from vggt_train.data.shards.schema import INDEX_FILE
+from vggt_train.data.safe_names import plain_name
+from vggt_train.data.shards.schema import INDEX_FILE, arrow_schema
 
 
 class ShardError(ValueError):
@@ -25,7 +29,6 @@ class ShardError(ValueError):
 def split_data_files(path: str) -> list[str]:
     """The shard names that state.json of split `path` lists, each checked to be a plain file name in `path`
     (load_from_disk opens them)."""
-    from vggt_train.data.safe_names import plain_name
 
     state_path = os.path.join(path, "state.json")
     try:
@@ -47,7 +50,6 @@ def open_shard(path: str):
     value is touched (damaged offsets would otherwise crash the process); raises ShardError naming the shard."""
     import pyarrow as pa
 
-    from vggt_train.data.shards.schema import arrow_schema
 
     arrow_schema()  # registers datasets' Array2D extension type before reading
     batches, rows = [], 0
@@ -160,7 +162,6 @@ class Co3DSplit:
     def _validate(self, sequence: str, rows: list[int]) -> None:
         """Damaged offsets would crash the take/slice of read_rows: each record batch holding `rows` passes
         validate(full=True) once (then is remembered, one byte per batch); else ShardError naming shard and rows."""
-        import bisect
 
         table = getattr(self.dataset.data, "table", self.dataset.data)
         for row in rows:
@@ -178,8 +179,6 @@ class Co3DSplit:
 
     def _sequence_reader(self, names: list[str]):
         """row -> the row's `sequence` value (validated column; O(log chunks) per row)."""
-        import bisect
-        import itertools
 
         table = getattr(self.dataset.data, "table", self.dataset.data)
         col = table.column("sequence")
@@ -253,7 +252,6 @@ def read_rows(arrow_dataset, rows: list[int], decode_images: bool = True) -> dic
     depths = [np.frombuffer(v.as_buffer(), "<f2").reshape(h, w) for v, h, w in zip(depth_col, heights, widths)]
     image_bytes = table.column("image").combine_chunks().field("bytes")
     if decode_images:
-        from PIL import Image
 
         images = []
         for v in image_bytes:

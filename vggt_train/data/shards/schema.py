@@ -32,6 +32,8 @@ import json
 from typing import Any
 
 import numpy as np
+import xxhash
+from PIL import Image
 
 SCHEMA_VERSION = 2  # 2: the per-row `checksum` column
 CHECKSUM_COLUMN = "checksum"
@@ -48,7 +50,6 @@ COLUMNS = ("sequence", "category", "frame", "filepath", "image", "depth", "heigh
 def payload_checksum(image, depth, extrinsic, intrinsic) -> int:
     """xxh3-64 of a row's payload: image bytes, depth bytes, then extrinsic [3, 4] and intrinsic [3, 3] as
     little-endian float64 (C order). `image`/`depth`: bytes or any buffer (pa.Buffer, memoryview)."""
-    import xxhash
 
     h = xxhash.xxh3_64()
     h.update(image)
@@ -134,7 +135,6 @@ def decode_image(row: dict) -> np.ndarray:
     if hasattr(img, "as_py") and not hasattr(img, "as_buffer"):  # pa.StructScalar
         img = {"bytes": img["bytes"].as_buffer()}
     if isinstance(img, dict):
-        from PIL import Image
 
         with Image.open(io.BytesIO(_as_buffer(img["bytes"]))) as im:
             return np.asarray(im.convert("RGB"))

@@ -13,8 +13,19 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
-from vggt_train.data.shards.schema import INDEX_FILE, MANIFEST_FILE, WORK_DIR
+from vggt_train.data.pool import process_pool
+from vggt_train.data.safe_names import is_plain_name
+from vggt_train.data.shards.reader import ShardError, _fixed_matrix, index_problems, open_shard
+from vggt_train.data.shards.schema import (
+    CHECKSUM_COLUMN,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    WORK_DIR,
+    arrow_schema,
+    payload_checksum,
+)
 
 _SPLIT_FILES = ("state.json", "dataset_info.json", INDEX_FILE)
 
@@ -24,7 +35,6 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
 
     Worker-safe (spawned processes call it). `runs` lists consecutive same-sequence rows, for the index check.
     """
-    from vggt_train.data.shards.schema import arrow_schema
 
     name = os.path.basename(path)
     errors: list[str] = []
@@ -41,7 +51,6 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
             h.update(block)
     if h.hexdigest() != expected["sha256"]:
         errors.append(f"{name}: sha256 {h.hexdigest()[:16]}... != manifest {expected['sha256'][:16]}...")
-    from vggt_train.data.shards.reader import ShardError, open_shard
 
     try:
         table = open_shard(path)  # every record batch passes validate(full=True) before a value is read
@@ -57,7 +66,6 @@ def verify_shard(path: str, expected: dict, decode: bool = True) -> dict:
 
 def _check_table(table, name: str, expected: dict, decode: bool, errors: list, runs: list) -> bool:
     """Append what is wrong with a shard's rows to `errors`; returns whether the shard has per-row checksums."""
-    from vggt_train.data.shards.schema import CHECKSUM_COLUMN, arrow_schema, payload_checksum
 
     expected_schema = arrow_schema()
     has_checksums = True
@@ -83,7 +91,6 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
             if any(r[0] == s for r in runs):
                 errors.append(f"{name}: rows of {s} are not contiguous")
             runs.append([s, 1])
-    from vggt_train.data.shards.reader import _fixed_matrix
 
     ext = _fixed_matrix(table.column("extrinsic"), (3, 4))
     intr = _fixed_matrix(table.column("intrinsic"), (3, 3))
@@ -107,7 +114,6 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
             if not np.isfinite(d).all():
                 errors.append(f"{where}: non-finite depth")
             try:
-                from PIL import Image
 
                 with Image.open(io.BytesIO(img_col[i].as_buffer())) as im:
                     im.load()
@@ -135,8 +141,6 @@ def _read_json(path: str, rel: str, errors: list[str]):
 
 
 def _manifest_ok(manifest) -> bool:
-    from vggt_train.data.safe_names import is_plain_name
-
     def shard_ok(f):
         return (isinstance(f, dict) and is_plain_name(f.get("filename"))
                 and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str) and isinstance(f.get("rows"), int))
@@ -169,8 +173,6 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
     Returns {'errors': [...], 'warnings': [...], 'splits': {split: {'rows', 'sequences', 'shards'}}}; 'sequences'
     is None when the split's sequence index cannot be read.
     """
-    from vggt_train.data.shards.reader import index_problems
-    from vggt_train.data.safe_names import is_plain_name
 
     errors: list[str] = []
     mpath = os.path.join(root, MANIFEST_FILE)
@@ -193,7 +195,6 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
                            f"'bytes', 'sha256', 'rows'}}]}}}}}} structure"], "warnings": [], "splits": {}}
     tasks = [(split, path, entry) for split, info in manifest["splits"].items() for path, entry in _split_tasks(root, split, info)]
     if workers > 1 and len(tasks) > 1:
-        from vggt_train.data.pool import process_pool
 
         with process_pool(workers) as pool:
             results = list(pool.map(verify_shard, [t[1] for t in tasks], [t[2] for t in tasks], [decode] * len(tasks)))

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,6 @@ def check_regular_file(path: str, missing_reason: str, max_bytes: int | None = N
     """os.stat of `path` (symlinks followed) if it is a regular file within `max_bytes`; else BadInput with
     `missing_reason`, 'not_a_regular_file' (never opened: a FIFO would block, /dev/zero never ends) or
     'file_too_large'."""
-    import stat
 
     try:
         st = os.stat(path)
@@ -136,7 +136,6 @@ def check_regular_file(path: str, missing_reason: str, max_bytes: int | None = N
 def _open_regular(path: str):
     """A binary file object of `path`, opened non-blocking and re-checked with fstat (so a FIFO swapped in after
     the stat cannot block the open)."""
-    import stat
 
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:

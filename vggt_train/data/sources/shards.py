@@ -121,7 +121,7 @@ def _matrix(lists, i: int, shape) -> Optional[np.ndarray]:
 
 
 def _in_main_process() -> bool:
-    import torch.utils.data
+    import torch.utils.data  # here: the conversion and verification workers read shards without loading torch
 
     return torch.utils.data.get_worker_info() is None
 
