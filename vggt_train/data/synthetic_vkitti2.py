@@ -1,10 +1,10 @@
-"""Write a synthetic Virtual KITTI 2 tree: synthetic.py's procedural rooms, scaled to street size, seen from a
-stereo pair driving forward.
+"""Write a synthetic Virtual KITTI 2 tree (the release's layout and file formats) from synthetic.py's procedural scenes.
 
+The rooms of synthetic.make_scene, scaled to street size, are seen from a stereo pair driving forward.
 The layout, file formats and txt columns are the release's (see sources/vkitti2.py): rgb_<frame:05d>.jpg,
 depth_<frame:05d>.png (16-bit centimetres, 65535 = far plane = sky and misses), intrinsic.txt / extrinsic.txt with
 their header lines and numbers printed with 7 significant digits like the release's ("725.0087 725.0087 620.5 187").
-The room of synthetic.make_scene is scaled by SCALE so the far walls stand beyond the official 80 m cut-off while the
+The room is scaled by SCALE so the far walls stand beyond the official 80 m cut-off while the
 ground and the objects lie within it; the sky above the low walls is the far plane. Same seed -> identical bytes.
 
 Variations: "clone" and the appearance ones (fog, morning, overcast, rain, sunset) share the cameras and the depth;

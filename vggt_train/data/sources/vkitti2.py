@@ -134,13 +134,18 @@ def _check_known(requested: Optional[Iterable], available: Iterable, what: str, 
 def list_sequences(root: str, scenes=None, variations=None, cameras=None) -> List[Tuple[str, str, str, int]]:
     """[(sequence_name, scene, variation, camera)] sorted by (scene, variation, camera); name e.g. Scene01_clone_Camera_0.
 
-    scenes / variations: None (all), a list, or a comma-separated string; cameras: None or ints. A requested name
+    scenes / variations: None (all), a list, or a comma-separated string; cameras: None, ints or "0,1". A requested name
     found in none of the selected scenes raises VKittiInputError('unknown_selection') listing the available ones.
     """
     if not os.path.isdir(root):
         raise VKittiInputError(root, "missing_dir", "the Virtual KITTI 2 root is not a directory")
     want_scenes, want_vars = _as_list(scenes, "scene"), _as_list(variations, "variation")
-    want_cams = None if cameras is None else [int(c) for c in ([cameras] if isinstance(cameras, int) else cameras)]
+    if isinstance(cameras, (int, str)):
+        cameras = [c for c in str(cameras).split(",") if c.strip()]
+    try:
+        want_cams = None if cameras is None else [int(c) for c in cameras]
+    except (TypeError, ValueError):
+        raise VKittiInputError(root, "unknown_selection", f"cameras {cameras!r} are not integers") from None
     all_scenes = _scenes(root)
     _check_known(want_scenes, all_scenes, "scene", root)
     chosen = [s for s in all_scenes if want_scenes is None or s in want_scenes]
@@ -228,9 +233,9 @@ def _camera(ext_row: np.ndarray, int_row: np.ndarray, where: str) -> Tuple[np.nd
     if not (np.isfinite(mat).all() and np.isfinite(intri).all()):
         raise VKittiInputError(where, "bad_camera", "non-finite value")
     rot = mat[:3, :3]
-    # 1e-4 tolerates the release's 7 significant digits; a reflection (det -1) is no camera pose
     if np.abs(mat[3] - [0, 0, 0, 1]).max() > 1e-6:
         raise VKittiInputError(where, "bad_camera", f"last extrinsic row is {mat[3].tolist()}, not [0, 0, 0, 1]")
+    # 1e-4 tolerates the release's 7 significant digits; a reflection (det -1) is no camera pose
     if np.abs(rot @ rot.T - np.eye(3)).max() > 1e-4 or np.linalg.det(rot) < 0:
         raise VKittiInputError(where, "bad_camera", "extrinsic rotation is not orthonormal with det +1")
     if fx <= 0 or fy <= 0:
