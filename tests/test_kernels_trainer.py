@@ -27,7 +27,7 @@ def _optim_cfg():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA wins over an NPU")
 def test_process_group_backend_is_hccl_with_an_npu(npu):
-    from vggt_train.train.loop import _process_group_backend
+    from vggt_train.train.accelerator import _process_group_backend
 
     assert _process_group_backend() == "gloo"
     npu.npu.available = True

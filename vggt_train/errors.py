@@ -17,6 +17,10 @@ class CLIError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
 
 
+class TrainingError(RuntimeError):
+    """The run cannot go on (diverged, a checkpoint would be corrupt, a launch that cannot work); says why."""
+
+
 def describe_os_error(exc: OSError) -> str:
     """'<strerror>: <path>' (and '-> <path2>' for renames) of an OSError, or its text when it names no path."""
     if exc.filename is None or not exc.strerror:

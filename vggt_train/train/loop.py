@@ -7,7 +7,6 @@ resume -> for each step: lr, micro-batches (forward, loss, backward), step, log,
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
 import os
 import resource
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from vggt_train import kernels
 from vggt_train.data.pipeline.batch import WorkerBatch
 from vggt_train.data.pipeline.finish import finish_batch
+from vggt_train.errors import TrainingError
 from vggt_train.geometry import pose_encoding_to_extri_intri
 from vggt_train.losses import MultitaskLoss
 from vggt_train.model import VGGT, CheckpointMismatchError, load_pretrained, preset_config
@@ -30,9 +30,10 @@ from vggt_train.model.flops import training_flops_per_image
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
 from vggt_train.train import checkpoints, clipping, compat
 from vggt_train.train import data as train_data
-from vggt_train.train import paths, run_info, safe_load
+from vggt_train.train import run_info, safe_load
+from vggt_train.train.accelerator import build_accelerator
 from vggt_train.train.config import TrainConfig, to_dict
-from vggt_train.train.device import DeviceChoice, check_placement, resolve_device
+from vggt_train.train.device import check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
 from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, param_group_layout, set_lr
 
@@ -41,10 +42,6 @@ from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modul
 _CRASH_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CRASH_AFTER_STEP")
 _CORRUPT_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CORRUPT_WEIGHTS_AFTER_STEP")
 _NAN_AT_STEPS = {int(s) for s in os.environ.get("VGGT_TRAIN_TEST_NAN_AT_STEPS", "").split(",") if s.strip()}
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (diverged, or a checkpoint would be corrupt); the message says why."""
 
 
 @dataclass
@@ -57,76 +54,6 @@ class TrainerState:
 
 
 # -- set-up ---------------------------------------------------------------------------------------------------
-def _process_group_backend(device_type: Optional[str] = None) -> str:
-    """The torch.distributed backend for this device type (default: the one train.device=auto picks here)."""
-    device_type = device_type or resolve_device("auto").type
-    return {"cuda": "nccl", "npu": kernels.HCCL_BACKEND}.get(device_type, "gloo")  # CPU: not an accelerator's
-
-
-def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: Optional[DeviceChoice] = None):
-    """An Accelerator on `device` (default: train.device resolved here) whose DeepSpeed config (when launched with
-    one) is filled from our config."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs
-
-    device = device or resolve_device(cfg.train.device)
-    if device.type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would otherwise take a GPU it finds
-        from vggt_train.train import compat
-
-        compat.ensure_cpu_set_device()  # accelerate calls torch.cpu.set_device, which torch 2.1 lacks
-    try:  # accelerate launch passes its config's deepspeed_config_file relative to where it was started
-        paths.resolve_env_file("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the accelerate config's deepspeed_config_file")
-    except FileNotFoundError as exc:
-        raise TrainingError(f"{exc}; give an absolute path or launch from the repository root") from None
-    handlers = []
-    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:  # started by a launcher: a process group is wanted
-        handlers.append(InitProcessGroupKwargs(backend=_process_group_backend(device.type), timeout=datetime.timedelta(minutes=60)))
-    plugin_kwargs = {}
-    if cfg.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
-        # started by the deepspeed launcher rather than accelerate launch: bring our own plugin
-        from accelerate.utils import DeepSpeedPlugin
-
-        plugin_kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed)
-    accelerator = Accelerator(
-        **plugin_kwargs,
-        # without an accelerator, accelerate sets up multi-process DDP (gloo) only when told it runs on the CPU;
-        # under DeepSpeed that flag would replace DeepSpeed by DDP
-        cpu=device.type == "cpu" and not plugin_kwargs and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
-        gradient_accumulation_steps=cfg.train.grad_accum_steps,
-        mixed_precision="no",  # we autocast ourselves so the heads can stay in float32 with fp32 master weights
-        log_with="tensorboard",
-        project_dir=cfg.output_dir,
-        kwargs_handlers=handlers,
-    )
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and accelerator.distributed_type == DistributedType.NO:
-        raise TrainingError(f"started as one of WORLD_SIZE={world} processes, but accelerate set up no distributed "
-                            f"training (distributed_type={accelerator.distributed_type}): each process would train its "
-                            f"own copy. Launch with accelerate launch and a config from accelerate_configs/, or torchrun "
-                            f"on a machine with GPUs/NPUs")
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None:
-        ds = plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = samples_per_rank_nominal
-        ds["gradient_accumulation_steps"] = cfg.train.grad_accum_steps
-        ds["train_batch_size"] = samples_per_rank_nominal * cfg.train.grad_accum_steps * accelerator.num_processes
-        # per_group: DeepSpeed clips nothing itself, clipping.install() clips each group inside its step
-        ds["gradient_clipping"] = min(cfg.optim.clip_groups.values()) if cfg.optim.clip_groups and cfg.optim.clip_mode == "global" else 0.0
-        # DeepSpeed must not cast the model: weights stay fp32, activations go bf16 through autocast
-        for key in ("bf16", "fp16"):
-            ds.setdefault(key, {})["enabled"] = False
-        ds.setdefault("steps_per_print", 10**9)
-        plugin.gradient_accumulation_steps = cfg.train.grad_accum_steps
-        from vggt_train.train import compat  # an older torch's gloo lacks collectives ZeRO uses: built from others
-
-        problem = compat.deepspeed_accumulation_problem(cfg.train.grad_accum_steps)
-        if problem:
-            raise TrainingError(problem)
-        compat.fit_deepspeed_to_gloo()
-    return accelerator
-
-
 def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
     """VGGT from the preset, the official weights (`checkpoint`: a local file, default model.checkpoint), frozen
     modules, checkpointing switch."""

@@ -150,8 +150,7 @@ class ShardWriter:
     """Streams record batches into `<final>.tmp-<pid>`; `commit()` fsyncs, renames and returns size and sha256."""
 
     def __init__(self, final_path: str):
-        import pyarrow as pa
-
+        import pyarrow as pa  # here: the conversion workers import this module and never write Arrow
 
         self.pa = pa
         self.final = final_path
