@@ -260,7 +260,7 @@ def test_corrupt_depth_and_wrong_size(synth, tmp_path):
 # ----------------------------------------------------------------------------------------------- depth dir, folders
 def test_npy_depth_dir(tmp_path):
     info = make_synthetic_colmap(str(tmp_path / "d"), workspaces=1, frames=3, size=(12, 16), dense_depth=False)
-    root, (name, ws) = info["root"], info["workspaces"][0]
+    root, (_, ws) = info["root"], info["workspaces"][0]
     assert all(f.depth_path is None and read_depth(f) is None for f in read_workspace(root, ws, backend="builtin"))
     os.makedirs(os.path.join(ws, "depth", "npy"))
     depth = np.full((12, 16), 2.5, np.float64)
