@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plot-metrics": ("vggt_train.train.plot_cli", "plot a run's loss curve to PNG and print a summary (first/last loss, samples/s)"),
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
     "convert-co3d": ("vggt_train.data.shards.convert_cli", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),
+    "convert-colmap": ("vggt_train.data.shards.convert_colmap_cli", "convert COLMAP workspaces (your own scenes: images + undistorted sparse model [+ depth]) into training shards"),
+    "convert-vkitti2": ("vggt_train.data.shards.convert_vkitti2_cli", "convert Virtual KITTI 2 (rgb, depth, textgt extracted) into training shards"),
     "merge-shards": ("vggt_train.data.shards.merge_cli", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
     "verify-dataset": ("vggt_train.data.shards.verify_cli", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
     "make-synthetic-co3d": ("vggt_train.data.synthetic_cli", "render procedural textured scenes with exact depth in the raw Co3D layout"),

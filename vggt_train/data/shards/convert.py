@@ -1,11 +1,11 @@
-"""Convert raw Co3D into sharded Arrow datasets (`datasets.load_from_disk` layout), streaming and resumable.
+"""Convert a raw dataset into sharded Arrow datasets (`datasets.load_from_disk` layout), streaming and resumable.
 
-Flow: plan (annotations only) -> convert this part's shards (workers decode sequences, the main process writes)
--> finalize (state.json, dataset_info.json, sequence index, manifest, report) once every shard of the plan exists.
+Inputs: Co3D, COLMAP workspaces, Virtual KITTI 2 (the formats of inputs.py). Flow: plan (the input's index
+only) -> convert this part's shards (workers decode sequences, the main process writes) -> finalize (state.json,
+dataset_info.json, sequence index, manifest, report) once every shard of the plan exists.
 
-Determinism: the plan fixes which sequences go to which shard from the annotations and one size probe per
-category, independently of --workers and --part; sequences are sorted by name, results are written in plan
-order, Arrow is written uncompressed without timestamps. Hence a single run, a resumed run and n merged parts
+Determinism: the plan fixes which sequences go to which shard from the input's index and a size probe,
+independently of --workers and --part; sequences are sorted by name, results are written in plan order, Arrow is written uncompressed without timestamps. Hence a single run, a resumed run and n merged parts
 produce byte-identical shards.
 
 Resume: a shard is written to `<name>.tmp-<pid>` and renamed when complete; only then is it added, with its
@@ -27,9 +27,9 @@ import time
 from typing import Iterator
 
 from vggt_train import run_lock
-from vggt_train.data.sources import co3d
 from vggt_train.data.pool import process_pool
 from vggt_train.data.shards.finalize import finalize
+from vggt_train.data.shards.inputs import get_format
 from vggt_train.data.shards.layout import (
     ConvertError,
     lock_path,
@@ -57,12 +57,13 @@ def process_sequence(task: dict) -> dict:
 
     Runs in spawned processes, so it only takes and returns picklable plain data.
     """
+    fmt = get_format(task["format"])
     rows, skipped = [], []
     split, category, name = task["split"], task["category"], task["sequence"]
     for i, entry in enumerate(task["entries"]):
         try:
-            fr = co3d.load_frame(task["co3d_dir"], entry, task["max_side"], category)
-        except co3d.BadInput as exc:
+            loaded = fmt.load(task, entry, i)
+        except fmt.input_errors as exc:
             skipped.append(record(split, category, name, i, exc.path, exc.reason, exc.detail))
             if task["strict"]:
                 break
@@ -70,10 +71,12 @@ def process_sequence(task: dict) -> dict:
         except Exception as exc:  # a bug or an unforeseen input: name the frame (the parent names the sequence)
             where = entry.get("filepath") if isinstance(entry, dict) else None
             raise FrameError(f"frame {i} ({where}): {type(exc).__name__}: {exc}") from exc
+        fr = loaded.frame
         h, w = fr.size
-        depth = fr.depth.astype("<f2", copy=False).tobytes()
+        # a camera-only frame (no depth) stores an empty depth: see schema.py
+        depth = b"" if fr.depth is None else fr.depth.astype("<f2", copy=False).tobytes()
         rows.append({
-            "sequence": name, "category": category, "frame": i, "filepath": entry["filepath"],
+            "sequence": name, "category": category, "frame": loaded.frame_index, "filepath": loaded.filepath,
             "image": fr.image_jpeg, "depth": depth, "height": h, "width": w,
             "original_height": fr.original_size[0], "original_width": fr.original_size[1],
             "extrinsic": fr.extrinsic, "intrinsic": fr.intrinsic,
@@ -121,29 +124,6 @@ def _ordered_results(tasks: Iterator[dict], workers: int) -> Iterator[tuple[dict
             yield t, _result(t, fut.result)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _Annotations:
-    """Re-reads annotation files on demand (the plan keeps none in memory); checks they did not change."""
-
-    def __init__(self, opts: Options, plan: dict):
-        self.opts, self.plan = opts, plan
-        self.cache: collections.OrderedDict = collections.OrderedDict()
-
-    def entries(self, split: str, category: str, sequence: str) -> list:
-        key = (split, category)
-        if key not in self.cache:
-            path = co3d.annotation_path(self.opts.annotation_dir, category, split)
-            try:
-                co3d.check_regular_file(path, "missing_annotation_file")
-            except co3d.BadInput as exc:
-                raise ConvertError(f"{exc}; restart the conversion into a new --out") from None
-            if sha256_file(path) != self.plan["inputs"].get(os.path.basename(path)):
-                raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")
-            self.cache[key] = co3d.load_annotation_file(path)
-            while len(self.cache) > 2:
-                self.cache.popitem(last=False)
-        return self.cache[key][sequence]
 
 
 class ShardWriter:
@@ -213,7 +193,7 @@ def convert(opts: Options) -> dict:
     if problem:
         raise ConvertError(f"cannot write --out {opts.out}: {problem}")
 
-    what = f"convert-co3d part {opts.part[0]}/{opts.part[1]}"
+    what = f"convert-{opts.input_format} part {opts.part[0]}/{opts.part[1]}"
     try:
         with run_lock.hold(lock_path(opts.out, f"part-{opts.part[0]:05d}-of-{opts.part[1]:05d}"), what, opts.out):
             merging = run_lock.holder_of(lock_path(opts.out, "merge"))
@@ -247,17 +227,19 @@ def _convert(opts: Options, t0: float) -> dict:
     todo = [(s, k) for s, k in mine if shard_relpath(plan, s, k) not in manifest["shards"]]
     exit_after = int(os.environ.get(EXIT_HOOK_ENV, "0") or 0)
 
-    annotations = _Annotations(opts, plan)
+    fmt = get_format(opts.input_format)
 
     def tasks() -> Iterator[dict]:
         for split, k in todo:
             for category, name, _n in plan["splits"][split][k]:
-                yield {"split": split, "shard": k, "category": category, "sequence": name,
-                       "entries": annotations.entries(split, category, name), "co3d_dir": opts.co3d_dir,
-                       "max_side": opts.max_side, "min_frames": opts.min_frames, "strict": opts.strict}
+                yield {"format": opts.input_format, "split": split, "shard": k, "category": category,
+                       "sequence": name, "entries": fmt.entries(opts, plan, split, category, name),
+                       "co3d_dir": opts.co3d_dir, "inputs": opts.inputs, "max_side": opts.max_side,
+                       "min_frames": opts.min_frames, "strict": opts.strict}
 
     remaining = {(s, k): len(plan["splits"][s][k]) for s, k in todo}
-    bar = progress_bar(sum(n for s, k in todo for _c, _q, n in plan["splits"][s][k]), opts.quiet)
+    bar = progress_bar(sum(n for s, k in todo for _c, _q, n in plan["splits"][s][k]), opts.quiet,
+                       f"convert-{opts.input_format}")
     writer: ShardWriter | None = None
     current: dict | None = None
     written = 0

@@ -1,10 +1,11 @@
-"""`vggt-train convert-co3d`: the command line of convert.py (options, checks, the summary it prints)."""
+"""`vggt-train convert-co3d`: the command line of convert.py, and the output flags every converter shares."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from vggt_train.data.safe_names import is_plain_name
 from vggt_train.data.shards.convert import convert
 from vggt_train.data.shards.layout import ConvertError
 from vggt_train.data.shards.plan import Options
@@ -22,20 +23,16 @@ def _parse_part(text: str) -> tuple[int, int]:
     return i, n
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--co3d-dir", required=True, help="raw Co3D root: <category>/<sequence>/{images,depths,depth_masks}/")
-    parser.add_argument("--annotation-dir", required=True, help="directory of <category>_<split>.jgz annotation files")
+def add_output_arguments(parser: argparse.ArgumentParser, min_frames: int, command: str) -> None:
+    """The flags of every converter: output, size, parallelism, parts, bad-input policy, progress."""
     parser.add_argument("--out", required=True, help="output root; each split goes to OUT/<split> (datasets.load_from_disk opens it)")
-    parser.add_argument("--categories", default="all",
-                        help="'all' (every category with annotation files), 'train41' (the 41 VGGT training categories) "
-                             "or a comma list like tv,apple; a requested category without annotations is an error [default: all]")
-    parser.add_argument("--splits", default="train,test", help="comma list of splits [default: train,test]")
-    parser.add_argument("--min-frames", type=int, default=24,
-                        help="drop sequences with fewer annotated frames, or fewer valid frames after skipping bad ones [default: 24]")
+    parser.add_argument("--min-frames", type=int, default=min_frames,
+                        help=f"drop sequences with fewer frames, or fewer valid frames after skipping bad ones [default: {min_frames}]")
     parser.add_argument("--max-side", type=int, default=None,
-                        help="downscale so the longer side is at most N pixels (intrinsics and depth follow) [default: keep size]")
+                        help="downscale so the longer side is at most N pixels (intrinsics and depth follow; images are "
+                             "re-encoded as JPEG) [default: keep size and the original image bytes]")
     parser.add_argument("--shard-size-mb", type=float, default=512.0,
-                        help="target shard size in MB (planned from a size probe per category; a sequence never spans shards) [default: 512]")
+                        help="target shard size in MB (planned from a size probe; a sequence never spans shards) [default: 512]")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="decoding processes; 1 decodes in the main process [default: min(8, CPUs)]")
     parser.add_argument("--part", default="0/1",
@@ -49,22 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "shard); by default a shard is re-hashed only if its mtime changed since it was written")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress (a bar on a terminal, a line every 30 s in logs) and no summary table")
+    parser.epilog = (f"Resumable: rerun the same `vggt-train {command}` after a crash and finished shards are kept. "
+                     f"Check the result with `vggt-train verify-dataset OUT`.")
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    if not splits or len(set(splits)) != len(splits):
-        raise CLIError(f"--splits must be a comma list of distinct names, got {args.splits!r}")
+def output_options(args: argparse.Namespace, splits: tuple[str, ...], **fields) -> Options:
+    """Options from the shared flags (checked, one line naming the flag) plus the format's `fields`."""
+    for split in splits:  # split names become directories under OUT
+        if not is_plain_name(split):
+            raise CLIError(f"--split {split!r} must be a plain name (it becomes the folder OUT/{split})")
     if args.min_frames < 1 or args.shard_size_mb <= 0 or args.workers < 1 or (args.max_side is not None and args.max_side < 8):
         raise CLIError("need --min-frames >= 1, --shard-size-mb > 0, --workers >= 1 and --max-side >= 8")
-    return Options(co3d_dir=args.co3d_dir, annotation_dir=args.annotation_dir, out=args.out, categories=args.categories,
-                   splits=splits, min_frames=args.min_frames, max_side=args.max_side, shard_size_mb=args.shard_size_mb,
-                   workers=args.workers, part=_parse_part(args.part), strict=args.strict, quiet=args.quiet,
-                   rehash_finished=args.rehash_finished)
+    fields.setdefault("co3d_dir", "")
+    fields.setdefault("annotation_dir", "")
+    return Options(out=args.out, splits=splits, min_frames=args.min_frames, max_side=args.max_side,
+                   shard_size_mb=args.shard_size_mb, workers=args.workers, part=_parse_part(args.part),
+                   strict=args.strict, quiet=args.quiet, rehash_finished=args.rehash_finished, **fields)
 
 
-def run(args: argparse.Namespace) -> int:
-    opts = options_from_args(args)
+def run_conversion(opts: Options) -> int:
+    """Convert and print the summary (unless --quiet); a ConvertError becomes the command's one-line error."""
     try:
         summary = convert(opts)
     except ConvertError as exc:
@@ -77,3 +78,25 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"part {opts.part[0]}/{opts.part[1]} done; when all parts are, run: vggt-train merge-shards {opts.out} [PART_DIRS...]")
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--co3d-dir", required=True, help="raw Co3D root: <category>/<sequence>/{images,depths,depth_masks}/")
+    parser.add_argument("--annotation-dir", required=True, help="directory of <category>_<split>.jgz annotation files")
+    parser.add_argument("--categories", default="all",
+                        help="'all' (every category with annotation files), 'train41' (the 41 VGGT training categories) "
+                             "or a comma list like tv,apple; a requested category without annotations is an error [default: all]")
+    parser.add_argument("--splits", default="train,test", help="comma list of splits [default: train,test]")
+    add_output_arguments(parser, 24, "convert-co3d")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    if not splits or len(set(splits)) != len(splits):
+        raise CLIError(f"--splits must be a comma list of distinct names, got {args.splits!r}")
+    return output_options(args, splits, co3d_dir=args.co3d_dir, annotation_dir=args.annotation_dir,
+                          categories=args.categories)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_conversion(options_from_args(args))

@@ -15,7 +15,7 @@ from vggt_train.data.shards.schema import INDEX_FILE, MANIFEST_FILE, REPORT_FILE
 def load_plan(out: str) -> dict:
     path = os.path.join(out, WORK_DIR, "plan.json")
     if not os.path.exists(path):
-        raise MergeError(f"{out} has no {WORK_DIR}/plan.json: not a convert-co3d output")
+        raise MergeError(f"{out} has no {WORK_DIR}/plan.json: not a converter's output")
     plan = load_json(path, "the conversion plan")
     if not (isinstance(plan, dict) and isinstance(plan.get("splits"), dict) and isinstance(plan.get("options"), dict)
             and isinstance(plan.get("fingerprint"), str)):
@@ -41,7 +41,7 @@ def finalize(out: str) -> dict:
         n = len(jobs)
         first = missing[0] + (f": listed as finished, but {rejected[missing[0]]}" if missing[0] in rejected else "")
         raise MergeError(f"{len(missing)} of {n} shards are not finished yet (first: {first}); run the missing "
-                         f"convert-co3d parts (or rerun them: they resume) and merge again")
+                         f"conversion parts (or rerun them: they resume) and merge again")
     feats = features()
     manifest = {"schema_version": SCHEMA_VERSION, "fingerprint": plan["fingerprint"], "splits": {}}
     skipped = list(plan["problems"])
@@ -61,7 +61,8 @@ def finalize(out: str) -> dict:
         digest = hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()[:16]
         write_json_atomic(os.path.join(split_dir, "dataset_info.json"), {
             "citation": "", "homepage": "", "license": "", "features": feats.to_dict(),
-            "description": "Co3D frames converted by `vggt-train convert-co3d` (schema in vggt_train/data/shards/schema.py)"})
+            "description": f"{plan.get('source', {}).get('name', 'Co3D')} frames converted by `vggt-train "
+                           f"convert-{plan.get('format', 'co3d')}` (schema in vggt_train/data/shards/schema.py)"})
         write_json_atomic(os.path.join(split_dir, INDEX_FILE), {"schema_version": SCHEMA_VERSION, "num_rows": start,
                                                                 "sequences": sequences})
         # state.json last: it is what makes load_from_disk see the split.

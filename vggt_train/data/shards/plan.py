@@ -1,4 +1,4 @@
-"""The conversion plan: which categories, and which sequences go to which shard, from the annotations alone.
+"""The conversion plan: which categories, and which sequences go to which shard, from the input's index alone.
 
 The plan is deterministic (sequences sorted by name, one size probe per category) and independent of --workers
 and --part, so every part of a conversion computes the same one; its fingerprint ties part manifests to it.
@@ -9,19 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from vggt_train.data.sources import co3d
-from vggt_train.data.sources.select import parse_categories, select_categories
-from vggt_train.data.shards.layout import ConvertError, record, sha256_file, work_dir, write_json_exclusive, load_json
+from vggt_train.data.shards.inputs import get_format
+from vggt_train.data.shards.layout import ConvertError, load_json, work_dir, write_json_exclusive
 
-_FALLBACK_FRAME_BYTES = 1.2e6  # size estimate when a category's probe frame is unreadable
 _PLAN_VERSION = 1
 
 
 @dataclass
 class Options:
+    """A conversion's options. co3d_dir / annotation_dir are the Co3D format's inputs; other formats take theirs
+    from `inputs` (e.g. colmap: {"input", "name", "depth_dir"}), named by `input_format`."""
+
     co3d_dir: str
     annotation_dir: str
     out: str
@@ -35,90 +36,42 @@ class Options:
     strict: bool = False
     quiet: bool = False
     rehash_finished: bool = False
+    input_format: str = "co3d"
+    inputs: dict = field(default_factory=dict)
 
     def output_key(self) -> dict:
         """The options that change the output bytes (not workers/part/strict/quiet/rehash_finished)."""
-        return {"splits": list(self.splits), "min_frames": self.min_frames, "max_side": self.max_side,
-                "shard_size_mb": self.shard_size_mb}
-
-
-def resolve_categories(opts: Options) -> list[str]:
-    """The categories to convert; a requested category without any annotation file is an error."""
-    if not os.path.isdir(opts.annotation_dir):
-        raise ConvertError(f"annotation dir {opts.annotation_dir} does not exist")
-    if not os.path.isdir(opts.co3d_dir):
-        raise ConvertError(f"Co3D dir {opts.co3d_dir} does not exist")
-    found = co3d.find_categories(opts.annotation_dir, opts.splits)
-    if not opts.categories.replace(",", "").strip():
-        raise ConvertError("--categories is empty")
-    try:
-        chosen = select_categories(opts.categories, found)
-    except ValueError:
-        missing = [c for c in parse_categories(opts.categories) if c not in found]
-        raise ConvertError(f"requested categories not found in {opts.annotation_dir} (no "
-                           f"<category>_{{{','.join(opts.splits)}}}.jgz): {', '.join(missing)}") from None
-    if not chosen:
-        raise ConvertError(f"no <category>_<{'|'.join(opts.splits)}>.jgz annotation files in {opts.annotation_dir}")
-    return chosen
+        key = {"splits": list(self.splits), "min_frames": self.min_frames, "max_side": self.max_side,
+               "shard_size_mb": self.shard_size_mb}
+        if self.input_format != "co3d":
+            key.update(input_format=self.input_format, inputs=dict(sorted(self.inputs.items())))
+        return key
 
 
 def make_plan(opts: Options) -> dict:
-    """Deterministic shard plan: {split: [shard: [[category, sequence, n_annotated], ...]]} plus input problems.
+    """Deterministic shard plan: {split: [shard: [[category, sequence, n_frames], ...]]} plus input problems.
 
-    Reads every annotation file once (then drops it, so memory stays small) and probes one frame per category
-    for a bytes-per-frame estimate that sets how many sequences fill a --shard-size-mb shard.
+    The input format (opts.input_format) lists the sequences with a bytes-per-frame estimate; sequences fill
+    shards in order up to --shard-size-mb (a sequence never spans shards).
     """
-    categories = resolve_categories(opts)
+    scan = get_format(opts.input_format).scan(opts)
     target = opts.shard_size_mb * 1e6
-    plan: dict[str, Any] = {"version": _PLAN_VERSION, "options": opts.output_key(), "categories": categories,
-                            "inputs": {}, "splits": {}, "problems": [], "filtered": {}}
+    plan: dict[str, Any] = {"version": _PLAN_VERSION, "options": opts.output_key(), "categories": scan.categories,
+                            "inputs": scan.inputs, "splits": {}, "problems": scan.problems, "filtered": scan.filtered}
+    if opts.input_format != "co3d":  # a Co3D plan keeps its earlier form, so earlier conversions resume
+        plan.update(format=opts.input_format, source=scan.source)
     for split in opts.splits:
         shards: list[list] = [[]]
         size = 0.0
-        filtered = {"sequences": 0, "frames": 0}
-        # Rows, the sequence index and Co3DSplit are keyed by sequence name alone, so a name must be unique per split.
-        owner: dict[str, str] = {}
-        for category in categories:
-            path = co3d.annotation_path(opts.annotation_dir, category, split)
-            if not os.path.exists(path):
-                if opts.strict:
-                    raise ConvertError(f"{path}: missing_annotation_file [--strict]")
-                plan["problems"].append(record(split, category, None, None, path, "missing_annotation_file"))
-                continue
-            try:
-                co3d.check_regular_file(path, "missing_annotation_file")  # a FIFO would hang the hash below
-                plan["inputs"][os.path.basename(path)] = sha256_file(path)
-                annotation = co3d.load_annotation_file(path)
-            except co3d.BadInput as exc:
-                if opts.strict:
-                    raise ConvertError(f"{exc} [--strict]") from None
-                plan["problems"].append(record(split, category, None, None, exc.path, exc.reason, exc.detail))
-                continue
-            names = [n for n in sorted(annotation) if len(annotation[n]) >= opts.min_frames]
-            filtered["sequences"] += len(annotation) - len(names)
-            filtered["frames"] += sum(len(annotation[n]) for n in annotation if len(annotation[n]) < opts.min_frames)
-            per_frame = None
-            for name in names[:3]:
-                for entry in annotation[name][:3]:
-                    per_frame = per_frame or co3d.probe_frame_bytes(opts.co3d_dir, entry, opts.max_side)
-            per_frame = per_frame or _FALLBACK_FRAME_BYTES
-            for name in names:
-                if name in owner:
-                    if opts.strict:
-                        raise ConvertError(f"{path}: duplicate_sequence ({name} is also in {owner[name]}) [--strict]")
-                    plan["problems"].append(record(split, category, name, None, path, "duplicate_sequence",
-                                                    f"{name} is also in {owner[name]}, which is kept"))
-                    continue
-                owner[name] = path
-                est = per_frame * len(annotation[name])
-                if shards[-1] and size + est > target:
-                    shards.append([])
-                    size = 0.0
-                shards[-1].append([category, name, len(annotation[name])])
-                size += est
-            del annotation
+        for category, name, n, per_frame in scan.splits.get(split, []):
+            est = per_frame * n
+            if shards[-1] and size + est > target:
+                shards.append([])
+                size = 0.0
+            shards[-1].append([category, name, n])
+            size += est
         plan["splits"][split] = shards
-        plan["filtered"][split] = filtered
+        plan["filtered"].setdefault(split, {"sequences": 0, "frames": 0})
     plan["fingerprint"] = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:32]
     return plan
 

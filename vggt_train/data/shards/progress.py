@@ -47,11 +47,10 @@ class LogProgress:
         pass
 
 
-def progress_bar(total: int, quiet: bool):
+def progress_bar(total: int, quiet: bool, desc: str = "convert-co3d"):
     """A tqdm bar on a terminal, periodic log lines otherwise, nothing under --quiet."""
-
     if not quiet and not sys.stderr.isatty():
-        return LogProgress(total, float(os.environ.get(PROGRESS_INTERVAL_ENV, "") or 30.0))
+        return LogProgress(total, float(os.environ.get(PROGRESS_INTERVAL_ENV, "") or 30.0), desc)
     return tqdm(total=total, unit="frame", desc="convert", dynamic_ncols=True, smoothing=0.05, disable=quiet)
 
 

@@ -177,7 +177,7 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
     errors: list[str] = []
     mpath = os.path.join(root, MANIFEST_FILE)
     if not os.path.exists(mpath):
-        return {"errors": [f"{root}: no {MANIFEST_FILE} (not a finished convert-co3d output; run merge-shards?)"],
+        return {"errors": [f"{root}: no {MANIFEST_FILE} (not a finished converter output; run merge-shards?)"],
                 "warnings": [], "splits": {}}
     manifest = _read_json(mpath, MANIFEST_FILE, errors)
     if manifest is None:

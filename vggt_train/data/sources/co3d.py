@@ -84,16 +84,20 @@ class BadInput(Exception):
 
 @dataclass
 class Frame:
-    """One converted frame: image bytes [h, w] JPEG, depth float16 [h, w], extrinsic [3, 4], intrinsic [3, 3]."""
+    """One converted frame: image bytes [h, w] (JPEG, or the source's PNG), depth float16 [h, w] (None: camera
+    only), extrinsic [3, 4], intrinsic [3, 3]."""
 
     image_jpeg: bytes
     depth: np.ndarray
     extrinsic: np.ndarray
     intrinsic: np.ndarray
     original_size: tuple[int, int]  # (H, W) of the raw image
+    stored_hw: tuple[int, int] | None = None  # (h, w) as stored: the size of a frame without depth (camera-only)
 
     @property
     def size(self) -> tuple[int, int]:
+        if self.depth is None:
+            return self.stored_hw
         return int(self.depth.shape[0]), int(self.depth.shape[1])
 
 

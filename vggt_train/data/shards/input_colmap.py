@@ -1,0 +1,93 @@
+"""The COLMAP input format of the converter: one workspace per sequence (images/ + sparse model [+ depth])."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vggt_train.data.safe_names import is_plain_name
+from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame
+from vggt_train.data.shards.layout import ConvertError, record, sha256_file
+from vggt_train.data.sources import co3d, colmap
+
+SOURCE = {
+    "name": "COLMAP scenes",
+    "format": "colmap",
+    "license": "other",  # the user's own images: their licence is theirs to state
+    "homepage": "https://colmap.github.io/",
+    "citation": "",
+}
+
+
+def _model_files(workspace: str) -> dict[str, str]:
+    sparse_dir, fmt = colmap.find_sparse_dir(workspace)
+    return {name: os.path.join(sparse_dir, f"{name}.{fmt}") for name in ("cameras", "images")}
+
+
+class ColmapFormat(InputFormat):
+    """COLMAP workspaces (undistorted: PINHOLE / SIMPLE_PINHOLE), read by vggt_train.data.sources.colmap.
+
+    inputs: {"input": DIR (a workspace or a folder of workspaces), "name": the category, "depth_dir": a folder
+    of <image stem>.npy depth maps relative to each workspace, or None for COLMAP's dense depth maps}.
+    """
+
+    name = "colmap"
+    input_errors = (co3d.BadInput, colmap.ColmapInputError)
+
+    def scan(self, opts) -> Scan:
+        root, category = opts.inputs["input"], opts.inputs["name"]
+        if not os.path.isdir(root):
+            raise ConvertError(f"--input {root} is not a directory")
+        try:
+            workspaces = colmap.list_workspaces(root)
+        except colmap.ColmapInputError as exc:
+            raise ConvertError(str(exc)) from None
+        scan = Scan(splits={}, categories=[category], source=dict(SOURCE))
+        split = opts.splits[0]
+        rows, filtered = [], {"sequences": 0, "frames": 0}
+        for name, workspace in workspaces:
+            try:
+                if not is_plain_name(name):
+                    raise colmap.ColmapInputError(workspace, "unsafe_path", f"sequence name {name!r} from the folder")
+                frames = colmap.read_workspace(root, workspace, opts.inputs.get("depth_dir"))
+                for key, path in _model_files(workspace).items():
+                    scan.inputs[f"{name}/{key}"] = sha256_file(path)
+            except colmap.ColmapInputError as exc:
+                if opts.strict:
+                    raise ConvertError(f"{exc} [--strict]") from None
+                scan.problems.append(record(split, category, name, None, exc.path, exc.reason, exc.detail))
+                continue
+            if len(frames) < opts.min_frames:
+                filtered["sequences"] += 1
+                filtered["frames"] += len(frames)
+                continue
+            h, w = co3d.target_size(*frames[0].size_hw, opts.max_side)
+            image_bytes = os.path.getsize(frames[0].image_path) * (h * w) / float(frames[0].size_hw[0] * frames[0].size_hw[1])
+            rows.append((category, name, len(frames), image_bytes + 2 * h * w + 256))
+        scan.splits[split] = rows
+        scan.filtered[split] = filtered
+        return scan
+
+    def entries(self, opts, plan: dict, split: str, category: str, sequence: str) -> list:
+        """The workspace's frames as plain dicts; its model must be the one the plan was made from."""
+        root = opts.inputs["input"]
+        workspace = dict(colmap.list_workspaces(root))[sequence]
+        try:
+            for key, path in _model_files(workspace).items():
+                if sha256_file(path) != plan["inputs"].get(f"{sequence}/{key}"):
+                    raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")
+            frames = colmap.read_workspace(root, workspace, opts.inputs.get("depth_dir"))
+        except colmap.ColmapInputError as exc:
+            raise ConvertError(f"{exc}; restart the conversion into a new --out") from None
+        return [vars(f) for f in frames]
+
+    def load(self, task: dict, entry: Any, position: int) -> Loaded:
+        data = co3d._read_bytes(entry["image_path"], "missing_image")
+        depth = colmap.read_depth(colmap.SceneFrame(**entry))
+        frame = build_frame(data, entry["image_path"], depth, entry["extrinsic"], entry["intrinsic"], entry["size_hw"],
+                            task["max_side"])
+        # the row's frame is the position in name order (frames of a sequence ascend; COLMAP's image ids need not)
+        return Loaded(frame, entry["filepath"], position)
+
+
+FORMAT = ColmapFormat()

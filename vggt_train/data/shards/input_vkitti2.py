@@ -1,0 +1,91 @@
+"""The Virtual KITTI 2 input format of the converter: one sequence per (scene, variation, camera)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame
+from vggt_train.data.shards.layout import ConvertError, record, sha256_file
+from vggt_train.data.sources import co3d, vkitti2
+
+SOURCE = {
+    "name": "Virtual KITTI 2",
+    "format": "vkitti2",
+    "license": "cc-by-nc-sa-3.0",
+    "homepage": "https://europe.naverlabs.com/research/computer-vision/proxy-virtual-worlds-vkitti-2/",
+    "citation": ("@misc{cabon2020vkitti2, title={Virtual KITTI 2}, author={Cabon, Yohann and Murray, Naila and "
+                 "Humenberger, Martin}, year={2020}, eprint={2001.10773}, archivePrefix={arXiv}}"),
+}
+
+
+def _txt_files(root: str, scene: str, variation: str) -> dict[str, str]:
+    return {n: os.path.join(root, scene, variation, f"{n}.txt") for n in ("extrinsic", "intrinsic")}
+
+
+class VKitti2Format(InputFormat):
+    """Virtual KITTI 2 (rgb, depth and textgt archives extracted into one folder), read by sources/vkitti2.py.
+
+    inputs: {"input": the folder, "scenes", "variations", "cameras": comma lists or None (all)}. The category of
+    a sequence is its scene; depth is the official loader's (metres, sky and > 80 m invalid).
+    """
+
+    name = "vkitti2"
+    input_errors = (co3d.BadInput, vkitti2.VKittiInputError)
+
+    def _sequences(self, opts) -> list:
+        try:
+            return vkitti2.list_sequences(opts.inputs["input"], opts.inputs.get("scenes"), opts.inputs.get("variations"),
+                                          opts.inputs.get("cameras"))
+        except vkitti2.VKittiInputError as exc:
+            raise ConvertError(str(exc)) from None
+
+    def scan(self, opts) -> Scan:
+        root = opts.inputs["input"]
+        sequences = self._sequences(opts)
+        split = opts.splits[0]
+        scan = Scan(splits={}, categories=sorted({scene for _n, scene, _v, _c in sequences}), source=dict(SOURCE))
+        rows, filtered = [], {"sequences": 0, "frames": 0}
+        for name, scene, variation, camera in sequences:
+            try:
+                frames = vkitti2.read_sequence(root, scene, variation, camera)
+                for key, path in _txt_files(root, scene, variation).items():
+                    scan.inputs[f"{scene}/{variation}/{key}"] = sha256_file(path)
+            except vkitti2.VKittiInputError as exc:
+                if opts.strict:
+                    raise ConvertError(f"{exc} [--strict]") from None
+                scan.problems.append(record(split, scene, name, None, exc.path, exc.reason, exc.detail))
+                continue
+            if len(frames) < opts.min_frames:
+                filtered["sequences"] += 1
+                filtered["frames"] += len(frames)
+                continue
+            H, W = frames[0].size_hw
+            h, w = co3d.target_size(H, W, opts.max_side)
+            rows.append((scene, name, len(frames), os.path.getsize(frames[0].image_path) * h * w / (H * W) + 2 * h * w + 256))
+        scan.splits[split] = rows
+        scan.filtered[split] = filtered
+        return scan
+
+    def entries(self, opts, plan: dict, split: str, category: str, sequence: str) -> list:
+        """The sequence's frames as plain dicts; its camera files must be the ones the plan was made from."""
+        root = opts.inputs["input"]
+        _name, scene, variation, camera = next(s for s in self._sequences(opts) if s[0] == sequence)
+        for key, path in _txt_files(root, scene, variation).items():
+            if sha256_file(path) != plan["inputs"].get(f"{scene}/{variation}/{key}"):
+                raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")
+        try:
+            return [vars(f) for f in vkitti2.read_sequence(root, scene, variation, camera)]
+        except vkitti2.VKittiInputError as exc:
+            raise ConvertError(f"{exc}; restart the conversion into a new --out") from None
+
+    def load(self, task: dict, entry: Any, position: int) -> Loaded:
+        frame = vkitti2.SceneFrame(**entry)
+        data = co3d._read_bytes(frame.image_path, "missing_image")
+        depth = vkitti2.read_depth(frame) if frame.depth_path else None
+        built = build_frame(data, frame.image_path, depth, frame.extrinsic, frame.intrinsic, frame.size_hw,
+                            task["max_side"])
+        return Loaded(built, frame.filepath, int(frame.frame))
+
+
+FORMAT = VKitti2Format()
