@@ -29,7 +29,6 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
 def exit_with_parent(parent_pid: int) -> None:
     """Worker initializer: end this process as soon as `parent_pid` is no longer its parent."""
     try:
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the thread below does it

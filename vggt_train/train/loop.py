@@ -317,7 +317,6 @@ class Trainer:
         elif dev.type == "npu":
             local = torch.npu.max_memory_allocated(dev)
         else:
-
             local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         value = torch.tensor([local / 2**30], device=dev, dtype=torch.float64)
         if self.accelerator.num_processes > 1:
@@ -329,7 +328,6 @@ class Trainer:
             return None
         key = (S, int(hw[0]), int(hw[1]))
         if key not in self._flops_cache:
-
             with torch.device("meta"):
                 meta = VGGT(self.accelerator.unwrap_model(self.model).config)
             frozen = not any(p.requires_grad for p in self.accelerator.unwrap_model(self.model).aggregator.parameters())
@@ -393,7 +391,6 @@ class Trainer:
         stream = self.data.train_stream(acc.process_index, acc.num_processes, start_step=self.state.step)
         progress = None
         if acc.is_main_process and cfg.train.progress:
-
             # redraw often on a terminal; in a log file (no TTY) a line every 30 s is enough
             interactive = sys.stderr.isatty()
             progress = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,

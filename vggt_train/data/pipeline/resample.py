@@ -88,7 +88,6 @@ def _pillow_has_vertical_first_rule() -> bool:
     """Whether the installed Pillow runs the vertical pass first when (H - out_h) > 2 (W - out_w) (probed once)."""
     global _VERTICAL_FIRST_RULE
     if _VERTICAL_FIRST_RULE is None:
-
         rng = np.random.default_rng(0)
         img = Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8))
         lanczos = getattr(Image, "Resampling", Image).LANCZOS

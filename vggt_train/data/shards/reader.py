@@ -252,7 +252,6 @@ def read_rows(arrow_dataset, rows: list[int], decode_images: bool = True) -> dic
     depths = [np.frombuffer(v.as_buffer(), "<f2").reshape(h, w) for v, h, w in zip(depth_col, heights, widths)]
     image_bytes = table.column("image").combine_chunks().field("bytes")
     if decode_images:
-
         images = []
         for v in image_bytes:
             with Image.open(io.BytesIO(v.as_buffer())) as im:

@@ -135,7 +135,6 @@ def decode_image(row: dict) -> np.ndarray:
     if hasattr(img, "as_py") and not hasattr(img, "as_buffer"):  # pa.StructScalar
         img = {"bytes": img["bytes"].as_buffer()}
     if isinstance(img, dict):
-
         with Image.open(io.BytesIO(_as_buffer(img["bytes"]))) as im:
             return np.asarray(im.convert("RGB"))
     return np.asarray(img.convert("RGB"))

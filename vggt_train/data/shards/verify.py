@@ -114,7 +114,6 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
             if not np.isfinite(d).all():
                 errors.append(f"{where}: non-finite depth")
             try:
-
                 with Image.open(io.BytesIO(img_col[i].as_buffer())) as im:
                     im.load()
                     if im.size != (ws[i], hs[i]):
@@ -195,7 +194,6 @@ def verify_dataset(root: str, decode: bool = True, workers: int = 1) -> dict:
                            f"'bytes', 'sha256', 'rows'}}]}}}}}} structure"], "warnings": [], "splits": {}}
     tasks = [(split, path, entry) for split, info in manifest["splits"].items() for path, entry in _split_tasks(root, split, info)]
     if workers > 1 and len(tasks) > 1:
-
         with process_pool(workers) as pool:
             results = list(pool.map(verify_shard, [t[1] for t in tasks], [t[2] for t in tasks], [decode] * len(tasks)))
     else:
