@@ -323,8 +323,8 @@ def normalize_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
       - world_points = R_0 X + t_0 (the same points in camera 0's frame);
       - scale = mean over valid pixels of |world_points| (the scale half, `scene_scale`); the
         translations, world_points, cam_points and depths are divided by it. Rotations and intrinsics are
-        unchanged. A sample with no valid point gets scale 1e-6, as in the official code: its values grow large
-        but stay finite, and the losses mask such samples out.
+        unchanged. A sample with no valid point (camera-only data) is scaled by the mean distance of its camera
+        centres from camera 0 instead (the official code would give it 1e-6: values a million times too large).
     Computed in the input dtype (float32 in training), autocast off. Non-finite points are left out of the scale
     (the official code would get a NaN scale) and non-finite outputs are replaced by 0.
     The data pipeline calls the two halves itself: the rigid one in the worker (float64, per sample), the scale
@@ -343,14 +343,24 @@ def first_camera_frame(extrinsics: torch.Tensor) -> torch.Tensor:
     return (extrinsics_h @ closed_form_inverse_se3(extrinsics_h[:, 0])[:, None])[:, :, :3]
 
 
-def scene_scale(distances: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def scene_scale(distances: torch.Tensor, valid: torch.Tensor, extrinsics: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The scale half of the batch normalisation: per sample, the mean of `distances` [B, ...] over the bool mask
     `valid` (same shape), as sum / (count + 1e-3) clamped to [1e-6, 1e6] -> [B]. Translations, points and depths
-    are divided by it."""
+    are divided by it.
+
+    A sample without any valid point (camera-only data) would get 1e-6 and translations a million times too
+    large; given its extrinsics [B, S, 3, 4] relative to camera 0, it gets the mean distance of its camera centres
+    from camera 0 instead (same bounds), so its camera targets stay at unit scale."""
     dims = tuple(range(1, distances.ndim))
     total = torch.where(valid, distances, torch.zeros_like(distances)).sum(dim=dims)
     count = valid.sum(dim=dims).to(distances.dtype)
-    return (total / (count + _COUNT_EPS)).clamp(min=_SCALE_MIN, max=_SCALE_MAX)
+    scale = (total / (count + _COUNT_EPS)).clamp(min=_SCALE_MIN, max=_SCALE_MAX)
+    if extrinsics is None:
+        return scale
+    rotation_t = extrinsics[..., :3].transpose(-1, -2).to(distances.dtype)
+    centres = -(rotation_t @ extrinsics[..., 3:].to(distances.dtype))[..., 0]  # [B, S, 3]
+    by_cameras = centres.norm(dim=-1).mean(dim=1).clamp(min=_SCALE_MIN, max=_SCALE_MAX)
+    return torch.where(count > 0, scale, by_cameras)
 
 
 def _normalize_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -364,7 +374,8 @@ def _normalize_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     dist = new_world_points.norm(dim=-1)
     masks = batch["point_masks"]
     # A non-finite point never counts (the official mask-multiply would turn the whole sample's scale into NaN).
-    scale = scene_scale(dist, (masks > 0.5 if masks.dtype != torch.bool else masks) & torch.isfinite(dist))  # [B]
+    valid = (masks > 0.5 if masks.dtype != torch.bool else masks) & torch.isfinite(dist)
+    scale = scene_scale(dist, valid, new_extrinsics)  # [B]
 
     new_extrinsics[..., 3] = new_extrinsics[..., 3] / scale.view(-1, 1, 1)
     out = dict(batch)

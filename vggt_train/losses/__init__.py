@@ -36,11 +36,12 @@ from vggt_train.losses.dense import (
     regression_loss,
     torch_quantile,
 )
-from vggt_train.losses.multitask import SUPERVISION, MultitaskLoss, Supervision
+from vggt_train.losses.multitask import SUPERVISION, MultitaskLoss, Supervision, term_sample_counts
 from vggt_train.losses.track import track_loss
 
 __all__ = [
     "MultitaskLoss",
+    "term_sample_counts",
     "SUPERVISION",
     "Supervision",
     "camera_loss",

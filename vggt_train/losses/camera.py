@@ -27,6 +27,15 @@ def _pose_errors(pred: torch.Tensor, gt: torch.Tensor, loss_type: str):
     return err_t.clamp(max=HARD_MAX).mean(), err_r.mean(), err_f.mean()
 
 
+def camera_samples(batch) -> torch.Tensor:
+    """[B] bool: the samples the camera term supervises (frame 0 has more than MIN_VALID_PIXELS valid pixels, or
+    the sample is camera-only: `has_depth` [B, S] False everywhere)."""
+    valid = _as_bool(batch["point_masks"])[:, 0].sum(dim=(-1, -2)) > MIN_VALID_PIXELS
+    if batch.get("has_depth") is not None:
+        valid = valid | ~_as_bool(batch["has_depth"]).any(dim=1)
+    return valid
+
+
 def camera_loss(
     predictions,
     batch,
@@ -41,13 +50,14 @@ def camera_loss(
 
     The gt encoding is computed from batch extrinsics / intrinsics and the image size. Iteration i of n has
     weight gamma^(n-1-i) (the last counts most) and the weighted sum is divided by n. Samples whose frame 0 has
-    at most 100 valid pixels are left out (their normalisation, hence their gt, is unreliable).
+    at most 100 valid pixels are left out (their normalisation, hence their gt, is unreliable), unless the sample
+    has no depth at all (camera-only data: batch["has_depth"] all False), whose cameras are its only targets.
     """
     pose_list: List[torch.Tensor] = list(predictions["pose_enc_list"])
     n = len(pose_list)
     if n == 0:
         raise ValueError("pose_enc_list is empty")
-    valid_samples = _as_bool(batch["point_masks"])[:, 0].sum(dim=(-1, -2)) > MIN_VALID_PIXELS  # [B]
+    valid_samples = camera_samples(batch)  # [B]
     gt = extri_intri_to_pose_encoding(
         batch["extrinsics"], batch["intrinsics"], _image_size(batch), pose_encoding_type=pose_encoding_type
     )

@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from vggt_train.losses.camera import camera_loss
+from vggt_train.losses.camera import camera_loss, camera_samples
+from vggt_train.losses.common import MIN_VALID_PIXELS, _as_bool
 from vggt_train.losses.dense import depth_loss, point_loss
 from vggt_train.losses.track import track_loss
 
@@ -55,6 +56,14 @@ def _split_config(name: str, config: Optional[Dict[str, Any]]):
         raise ValueError(f"{name} loss: unknown option(s) {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS[name])}")
     weight = float(config.pop("weight", 1.0))
     return weight, config
+
+
+def term_sample_counts(batch: Dict[str, Any]) -> Dict[str, int]:
+    """How many samples of a batch each term supervises: {"camera", "depth", "point"} (depth and point: samples
+    with a valid pixel, when the batch has the MIN_VALID_PIXELS the dense terms need; camera: camera_samples)."""
+    masks = _as_bool(batch["point_masks"]).flatten(1)
+    dense = int(masks.any(dim=1).sum()) if int(masks.sum()) >= MIN_VALID_PIXELS else 0
+    return {"camera": int(camera_samples(batch).sum()), "depth": dense, "point": dense}
 
 
 class MultitaskLoss(torch.nn.Module):

@@ -24,7 +24,7 @@ from vggt_train.data.pipeline.batch import WorkerBatch
 from vggt_train.data.pipeline.finish import finish_batch
 from vggt_train.errors import TrainingError
 from vggt_train.geometry import pose_encoding_to_extri_intri
-from vggt_train.losses import MultitaskLoss
+from vggt_train.losses import MultitaskLoss, term_sample_counts
 from vggt_train.model import VGGT, CheckpointMismatchError, load_pretrained, preset_config
 from vggt_train.model.flops import training_flops_per_image
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
@@ -42,6 +42,7 @@ from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modul
 _CRASH_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CRASH_AFTER_STEP")
 _CORRUPT_AFTER_STEP = os.environ.get("VGGT_TRAIN_TEST_CORRUPT_WEIGHTS_AFTER_STEP")
 _NAN_AT_STEPS = {int(s) for s in os.environ.get("VGGT_TRAIN_TEST_NAN_AT_STEPS", "").split(",") if s.strip()}
+_COUNTED_TERMS = ("camera", "depth", "point")
 
 
 @dataclass
@@ -228,6 +229,7 @@ class Trainer:
         data_time = 0.0
         skipped = False
         samples = images = replaced = 0
+        supervised = dict.fromkeys(_COUNTED_TERMS, 0)  # samples each loss term saw (camera-only data: camera only)
         start = time.perf_counter()
         accum = cfg.train.grad_accum_steps
         for micro in range(accum):
@@ -235,6 +237,8 @@ class Trainer:
             batch = finish_batch(_to_device(next(stream), acc.device))  # the recipe's float part, on the device
             data_time += time.perf_counter() - t0
             replaced += self.data.replaced_samples(batch)
+            for term, n in term_sample_counts(batch).items():
+                supervised[term] += n
             B, S = batch["images"].shape[:2]
             samples += B
             images += B * S
@@ -299,8 +303,11 @@ class Trainer:
         record = {"step": self.state.step + 1, "split": "train", "loss": terms.get("objective", float("nan")), **terms,
                   "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "data_time": data_time, "step_time": step_time,
                   "samples_per_s": global_samples / step_time, "images_per_s": images * acc.num_processes / step_time,
-                  "num_images": int(S), "samples": global_samples, "epoch": self.data.epoch(self.state.samples_seen),
-                  "replaced_samples": round(float(_all_mean(acc, torch.tensor([float(replaced)]))[0]) * acc.num_processes)}
+                  "num_images": int(S), "samples": global_samples, "epoch": self.data.epoch(self.state.samples_seen)}
+        counts = _all_mean(acc, torch.tensor([float(replaced)] + [float(supervised[t]) for t in _COUNTED_TERMS]))
+        totals = [round(float(c) * acc.num_processes) for c in counts]  # the mean over ranks times their number
+        record["replaced_samples"] = totals[0]
+        record.update({f"samples_{t}": n for t, n in zip(_COUNTED_TERMS, totals[1:]) if getattr(self.loss_fn, t) is not None})
         if not skipped:
             record.update({f"grad_norm_{k}": v for k, v in group_norms.items()})
         mfu = self._mfu(int(S), batch["images"].shape[-2:], images * acc.num_processes / step_time / acc.num_processes)

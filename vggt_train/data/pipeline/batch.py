@@ -49,7 +49,8 @@ class WorkerBatch:
 
     extrinsics [B, S, 3, 4] float32 camera-from-world (relative to view 0 when plan.normalize), intrinsics
     [B, S, 3, 3] float32, depths [B, S, H, W] float16 (float32 when the source stores float32), frame_ids /
-    frames [B, S] int64 (positions used, annotation frame indices). Images: either `images` [B, S, H, W, 3]
+    frames [B, S] int64 (positions used, annotation frame indices), has_depth [B, S] bool (False: a camera-only
+    frame, whose depth slot is all zeros). Images: either `images` [B, S, H, W, 3]
     uint8, or, with the resize deferred to the finishing stage, `windows` [B * S, h, w, 3] uint8 (each view's
     source window, zero-padded) and `resample_table` (resample.pack's coefficients). seq_names / categories /
     replaced: per sample. step / micro_step / aspect_ratio: set by the stream that planned it.
@@ -60,6 +61,7 @@ class WorkerBatch:
     depths: torch.Tensor
     frame_ids: torch.Tensor
     frames: torch.Tensor
+    has_depth: torch.Tensor
     plan: FinishPlan
     images: Optional[torch.Tensor] = None
     windows: Optional[torch.Tensor] = None
@@ -89,7 +91,8 @@ class WorkerBatch:
 
     def meta(self) -> Dict[str, Any]:
         """What passes through the finishing stage unchanged: names, positions, and the stream's step fields when set."""
-        out: Dict[str, Any] = {"frame_ids": self.frame_ids, "frames": self.frames, "seq_names": self.seq_names,
+        out: Dict[str, Any] = {"frame_ids": self.frame_ids, "frames": self.frames, "has_depth": self.has_depth,
+                               "seq_names": self.seq_names,
                                "categories": self.categories, "replaced": self.replaced}
         for k in ("step", "micro_step", "aspect_ratio"):
             if getattr(self, k) is not None:
@@ -102,7 +105,8 @@ class TrainBatch(TypedDict, total=False):
 
     images [B, S, 3, H, W] float32 in [0, 1]; depths [B, S, H, W] float32; point_masks [B, S, H, W] bool
     (depth > 0); cam_points / world_points [B, S, H, W, 3]; extrinsics [B, S, 3, 4]; intrinsics [B, S, 3, 3];
-    frame_ids / frames [B, S]; seq_names, categories, replaced (per sample); step, micro_step, aspect_ratio.
+    frame_ids / frames [B, S]; has_depth [B, S] bool (False: camera only); seq_names, categories, replaced (per
+    sample); step, micro_step, aspect_ratio.
     """
 
     images: torch.Tensor
@@ -114,6 +118,7 @@ class TrainBatch(TypedDict, total=False):
     intrinsics: torch.Tensor
     frame_ids: torch.Tensor
     frames: torch.Tensor
+    has_depth: torch.Tensor
     seq_names: List[str]
     categories: List[str]
     replaced: List[List[str]]

@@ -237,6 +237,7 @@ class MultiViewDataset:
             extrinsics=torch.empty(B, S, 3, 4), intrinsics=torch.empty(B, S, 3, 3),
             depths=torch.empty(B, S, H, W, dtype=torch.float16),
             frame_ids=torch.empty(B, S, dtype=torch.int64), frames=torch.empty(B, S, dtype=torch.int64),
+            has_depth=torch.empty(B, S, dtype=torch.bool),
             images=None if deferred else torch.empty(B, S, H, W, 3, dtype=torch.uint8),
             plan=FinishPlan(B, S, hw, bool(normalize), jitter),
         )
@@ -298,7 +299,8 @@ class MultiViewDataset:
             try:
                 frame = self.source.read_frame(seq, p)
                 slot = batch.depths[b, v].numpy()
-                view = self._process(frame, draw, fill.hw, slot if depth_dtype(frame.depth) == slot.dtype else None)
+                gather_into = frame.depth is None or depth_dtype(frame.depth) == slot.dtype
+                view = self._process(frame, draw, fill.hw, slot if gather_into else None)
             except (BadFrame, BadView) as exc:
                 self._report(seq, p, exc)
                 continue
@@ -313,6 +315,7 @@ class MultiViewDataset:
             batch.intrinsics[b, v] = torch.from_numpy(np.array(view.intrinsic, dtype=np.float32))
             batch.frame_ids[b, v] = p
             batch.frames[b, v] = frame.frame
+            batch.has_depth[b, v] = frame.depth is not None
             return
         raise _SequenceUnusable(seq)
 
@@ -348,8 +351,11 @@ class MultiViewDataset:
             src_hw = image_size_hw(img)
         except Exception as exc:  # Pillow raises many types for bad bytes (OSError, SyntaxError, ValueError, ...)
             raise BadFrame(frame.where, "image", f"cannot be decoded: {type(exc).__name__}: {exc}") from None
-        if tuple(frame.depth.shape) != tuple(src_hw):
-            raise BadFrame(frame.where, "depth", f"depth {tuple(frame.depth.shape)} does not match the image {src_hw}")
+        source_depth = frame.depth
+        if source_depth is None:  # a camera-only frame: every depth pixel invalid (see has_depth)
+            source_depth = np.zeros(tuple(src_hw), np.float16 if depth_out is None else depth_out.dtype)
+        elif tuple(source_depth.shape) != tuple(src_hw):
+            raise BadFrame(frame.where, "depth", f"depth {tuple(source_depth.shape)} does not match the image {src_hw}")
         plan = plan_view(src_hw, frame.intrinsic, hw, draw)
         extri, intri = np.asarray(frame.extrinsic, np.float64), plan.intrinsic
         if not (np.isfinite(extri).all() and np.isfinite(intri).all() and intri[0, 0] > 0 and intri[1, 1] > 0):
@@ -363,10 +369,10 @@ class MultiViewDataset:
         except Exception as exc:
             raise BadFrame(frame.where, "image", f"cannot be decoded: {type(exc).__name__}: {exc}") from None
         if depth_out is None:
-            depth = gather_depth(frame.depth, plan)
+            depth = gather_depth(source_depth, plan)
             depth = np.rot90(depth, plan.rot90_k) if plan.rot90_k else depth
         else:  # gathered into the un-rotated view of the slot, the slot holds the rotated depth
-            depth = gather_depth(frame.depth, plan, np.rot90(depth_out, -plan.rot90_k) if plan.rot90_k else depth_out)
+            depth = gather_depth(source_depth, plan, np.rot90(depth_out, -plan.rot90_k) if plan.rot90_k else depth_out)
             depth = None
         if plan.rot90_k:
             extri, intri = rotate_camera(extri, intri, plan.out_hw, plan.rot90_k)

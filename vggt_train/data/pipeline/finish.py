@@ -59,7 +59,7 @@ def finish_batch(batch: Union[WorkerBatch, TrainBatch]) -> TrainBatch:
     if plan.normalize:
         # the worker already expressed the cameras relative to camera 0 (geometry.first_camera_frame, in
         # float64), so the world points are in that frame: what is left is the scale half
-        scale = scene_scale(dist, masks & torch.isfinite(dist))
+        scale = scene_scale(dist, masks & torch.isfinite(dist), extrinsics)
         depths.div_(scale.view(B, 1, 1, 1))
         cam.div_(scale.view(B, 1, 1, 1, 1))
         world.div_(scale.view(B, 1, 1, 1, 1))

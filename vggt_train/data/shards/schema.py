@@ -1,21 +1,27 @@
-"""The on-disk format of converted Co3D: column schema, row encoding, zero-copy decoding, file names.
+"""The on-disk format of converted datasets (Co3D, COLMAP, Virtual KITTI 2): column schema, row encoding,
+zero-copy decoding, file names.
 
-One row per frame, rows grouped by sequence (frames in annotation order):
+One row per frame, rows grouped by sequence (frames in ascending `frame` order):
 
 | column            | feature                   | content                                                            |
 |-------------------|---------------------------|--------------------------------------------------------------------|
-| sequence          | string                    | Co3D sequence name                                                 |
-| category          | string                    | Co3D category                                                      |
-| frame             | int32                     | 0-based index of the frame in the sequence's annotation list       |
-| filepath          | string                    | the annotation's filepath (relative to the Co3D dir)               |
-| image             | Image                     | {"bytes": JPEG, "path": None}; [height, width, 3] RGB when decoded |
-| depth             | binary                    | little-endian float16 [height, width], C order, masked + cut        |
+| sequence          | string                    | sequence name (Co3D's; a COLMAP workspace folder; Scene_var_Camera) |
+| category          | string                    | category (Co3D's; convert-colmap --name; the Virtual KITTI 2 scene) |
+| frame             | int32                     | 0-based position in the sequence (Co3D: annotation list; COLMAP:   |
+|                   |                           | image-name order), Virtual KITTI 2: the release's frame number     |
+| filepath          | string                    | the image's path relative to the input root                        |
+| image             | Image                     | {"bytes": JPEG or PNG, "path": None}; [height, width, 3] RGB       |
+| depth             | binary                    | little-endian float16 [height, width], C order, 0 = invalid; EMPTY |
+|                   |                           | (0 bytes) for a frame without depth (camera only: has_depth false) |
 | height, width     | int32                     | size of the stored image and depth                                 |
-| original_height,  | int32                     | size of the raw Co3D image (differs when --max-side resized it)    |
+| original_height,  | int32                     | size of the raw image (differs when --max-side resized it)         |
 | original_width    |                           |                                                                    |
 | extrinsic         | Array2D((3, 4), float64)  | OpenCV camera-from-world [R | t]                                   |
-| intrinsic         | Array2D((3, 3), float64)  | pixel intrinsics of the *stored* image                             |
+| intrinsic         | Array2D((3, 3), float64)  | pixel intrinsics of the *stored* image, pixel centres at integers  |
 | checksum          | uint64                    | xxh3-64 of the row's payload (payload_checksum; schema >= 2)       |
+
+A frame without depth supervises the camera only: the pipeline gives it an all-invalid depth and marks it in
+the batch's `has_depth`, so its depth and point terms are masked and its sample still counts for the camera loss.
 
 Depth is a binary column, not a nested list: viewing its bytes costs ~nothing, while nested lists of 480k floats
 are materialised as Python objects (measured by bench/convert_throughput.py; table in the README's data section).
@@ -120,12 +126,15 @@ def _as_buffer(value: Any):
 
 
 def decode_depth(row: dict) -> np.ndarray:
-    """[height, width] float16 view of a row's depth (zero-copy over bytes / Arrow buffers; read-only).
+    """[height, width] float16 view of a row's depth (zero-copy over bytes / Arrow buffers; read-only); zeros
+    (every pixel invalid) for a frame stored without depth (empty depth bytes: a camera-only frame).
 
     Works with rows in the python and numpy formats and with pyarrow scalars from the arrow format.
     """
     depth = _as_buffer(row["depth"])
     h, w = int(_scalar(row["height"])), int(_scalar(row["width"]))
+    if len(memoryview(depth)) == 0:
+        return np.zeros((h, w), dtype="<f2")
     return np.frombuffer(depth, dtype="<f2").reshape(h, w)
 
 

@@ -103,8 +103,8 @@ def _check_table(table, name: str, expected: dict, decode: bool, errors: list, r
     for i in range(table.num_rows):
         where = f"{name}: row {i} ({seqs[i]} frame {frames[i]})"
         buf = depth_col[i].as_buffer()
-        if buf is None or buf.size != int(hs[i]) * int(ws[i]) * 2:
-            errors.append(f"{where}: depth has {None if buf is None else buf.size} bytes, expected {hs[i]}x{ws[i]}x2")
+        if buf is None or buf.size not in (0, int(hs[i]) * int(ws[i]) * 2):  # 0 bytes: no depth (camera only)
+            errors.append(f"{where}: depth has {None if buf is None else buf.size} bytes, expected {hs[i]}x{ws[i]}x2 or 0")
             continue
         image = img_col[i].as_buffer()
         if sums is not None and payload_checksum(image if image is not None else b"", buf, ext[i], intr[i]) != int(sums[i]):

@@ -9,7 +9,7 @@ The sources: shards.ShardSource (converted shards), raw_co3d.RawCo3DSource (raw 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,10 +34,11 @@ class IndexInfo:
 @dataclass
 class RawFrame:
     """One stored frame: encoded image (bytes-like) or [H, W, 3] uint8, depth [H, W] (float16/32, may be a
-    read-only view), extrinsic [3, 4] and intrinsic [3, 3] (float64), annotation frame index, and where it lives."""
+    read-only view; None for a frame without depth, a camera-only frame), extrinsic [3, 4] and intrinsic [3, 3]
+    (float64), annotation frame index, and where it lives."""
 
     image: Any
-    depth: np.ndarray
+    depth: Optional[np.ndarray]
     extrinsic: np.ndarray
     intrinsic: np.ndarray
     frame: int

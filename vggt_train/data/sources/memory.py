@@ -12,8 +12,8 @@ from vggt_train.data.sources.base import FrameSource, RawFrame
 class InMemorySource(FrameSource):
     """Frames held in memory, for tests and tiny experiments.
 
-    frames: {sequence: [{"image": encoded bytes or [H, W, 3] uint8, "depth": [H, W], "extrinsic": [3, 4],
-    "intrinsic": [3, 3]}, ...]}.
+    frames: {sequence: [{"image": encoded bytes or [H, W, 3] uint8, "depth": [H, W] (or None: camera only),
+    "extrinsic": [3, 4], "intrinsic": [3, 3]}, ...]}.
     """
 
     def __init__(self, frames: Mapping[str, Sequence[Mapping[str, Any]]], categories: Optional[Mapping[str, str]] = None):
@@ -29,5 +29,6 @@ class InMemorySource(FrameSource):
 
     def read_frame(self, sequence: str, position: int) -> RawFrame:
         f = self.frames[sequence][position]
-        return RawFrame(f["image"], np.asarray(f["depth"]), np.asarray(f["extrinsic"], np.float64),
+        depth = None if f.get("depth") is None else np.asarray(f["depth"])
+        return RawFrame(f["image"], depth, np.asarray(f["extrinsic"], np.float64),
                         np.asarray(f["intrinsic"], np.float64), int(f.get("frame", position)), f"memory:{sequence}/{position}")

@@ -191,12 +191,13 @@ class ShardSource(FrameSource):
             if r[name] is None:
                 raise BadFrame(where, name, f"no {what} (null)")
         h, w, depth = r["height"], r["width"], r["depth"]
-        if depth.size != h * w * 2:
-            raise BadFrame(where, "depth", f"{depth.size} bytes, expected {h}x{w} float16 = {h * w * 2}")
+        if depth.size not in (0, h * w * 2):  # 0 bytes: a frame without depth (schema.py)
+            raise BadFrame(where, "depth", f"{depth.size} bytes, expected {h}x{w} float16 = {h * w * 2} (or 0: no depth)")
         if r["checksum"] is not None and payload_checksum(r["image"], depth, r["extrinsic"], r["intrinsic"]) != r["checksum"]:
             raise BadFrame(where, "checksum", "the row's image/depth/camera bytes differ from what was converted "
                                               "(damaged on disk or edited; run `vggt-train verify-dataset`)")
-        return RawFrame(image=r["image"], depth=np.frombuffer(depth, dtype="<f2").reshape(h, w), extrinsic=r["extrinsic"],
+        return RawFrame(image=r["image"], depth=np.frombuffer(depth, dtype="<f2").reshape(h, w) if depth.size else None,
+                        extrinsic=r["extrinsic"],
                         intrinsic=r["intrinsic"], frame=int(r["frame"]), where=where)
 
 
