@@ -2,8 +2,8 @@
 
     data:
       mix:
-        - {path: /data/co3d_hf, weight: 0.6}
-        - {path: /data/vkitti_hf, weight: 0.4, name: vkitti, categories: [Scene01]}
+        - {path: /data/co3d_hf, weight: 0.6, categories: [tv, apple]}
+        - {path: /data/vkitti_hf, weight: 0.4, name: vkitti}
 
 Each sample of a step draws its dataset by weight (sampler.Mixture); `name` labels its samples (the batches'
 `sources`, the validation's `val/<name>/<loss>`) and defaults to the last component of `path`.
