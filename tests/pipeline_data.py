@@ -10,16 +10,17 @@ import torch
 HW = (72, 96)  # source size (H, W): small, but large enough that resampling to 56-70 px is a real downscale
 
 
-def tiny_dataset(base: Path) -> dict:
-    """{"root": converted dataset, "co3d_dir", "annotation_dir"}: 2 categories x (2 train + 1 test) sequences x 24 frames."""
+def tiny_dataset(base: Path, categories=("apple", "tv"), seed: int = 3, name: str = "pipeline_data") -> dict:
+    """{"root": converted dataset, "co3d_dir", "annotation_dir"}: 2 categories x (2 train + 1 test) sequences x 24 frames.
+    Another `name` (with other categories / seed) makes a second dataset beside it, e.g. to mix the two."""
     from vggt_train.data.shards.convert import Options, convert
     from vggt_train.data.synthetic import make_synthetic_co3d
 
-    root = base / "pipeline_data"
+    root = base / name
     raw, out = root / "raw", root / "hf"
     done = root / "done"
     if not done.exists():
-        info = make_synthetic_co3d(str(raw), ["apple", "tv"], sequences=2, test_sequences=1, frames=24, hw=HW, seed=3)
+        info = make_synthetic_co3d(str(raw), list(categories), sequences=2, test_sequences=1, frames=24, hw=HW, seed=seed)
         convert(Options(co3d_dir=info["co3d_dir"], annotation_dir=info["annotation_dir"], out=str(out), quiet=True))
         done.write_text("ok")
     return {"root": str(out), "co3d_dir": str(raw / "co3d"), "annotation_dir": str(raw / "annotations")}

@@ -1,5 +1,6 @@
 """`vggt-train inspect-batch`: draw one training batch and write a PNG grid (image, depth, mask per view) and a PLY
-of its world points, for eyeballing the pipeline."""
+of its world points, for eyeballing the pipeline. Several dataset paths draw from their weighted mixture (as
+data.mix does), and each sample is labelled with the dataset it came from."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from PIL import Image, ImageDraw
 
 from vggt_train.data.pipeline.dataset import MultiViewDataset
 from vggt_train.data.pipeline.loader import RankBatchStream
-from vggt_train.data.pipeline.sampler import StepPlanner
+from vggt_train.data.pipeline.sampler import Mixture, StepPlanner
+from vggt_train.data.sources import ShardSource, resolve_split_dir
+from vggt_train.data.sources.mixed import MixedSource
 from vggt_train.errors import CLIError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="converted dataset (convert-co3d --out), or with --raw the Co3D dir")
+    parser.add_argument("path", nargs="+", help="converted dataset (convert-co3d --out), or with --raw the Co3D dir; "
+                                                "several: a batch of their weighted mixture, named by their last path component")
+    parser.add_argument("--weights", type=float, nargs="+", help="one weight > 0 per PATH, for a mixture [default: equal]")
     parser.add_argument("--split", default="train", help="split to read [default: train]")
     parser.add_argument("--raw", action="store_true", help="read the raw Co3D layout at PATH (needs --annotation-dir)")
     parser.add_argument("--annotation-dir", help="Co3D annotation dir (*.jgz), with --raw")
@@ -36,13 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_dataset(args):
+    """(MultiViewDataset, Mixture or None) of the PATH arguments."""
     kw = {"img_size": args.img_size, "patch_size": args.patch_size, "augment": not args.no_augment}
+    paths = list(args.path)
+    if args.weights is not None and (len(args.weights) != len(paths) or min(args.weights) <= 0):
+        raise CLIError(f"--weights needs one number > 0 per PATH ({len(paths)}), got {args.weights}")
+    if args.raw and len(paths) > 1:
+        raise CLIError("--raw reads one Co3D dir: mix converted datasets only")
     try:
         if args.raw:
             if not args.annotation_dir:
                 raise CLIError("--raw needs --annotation-dir")
-            return MultiViewDataset.from_raw(args.path, args.annotation_dir, args.split, **kw)
-        return MultiViewDataset(args.path, args.split, **kw)
+            return MultiViewDataset.from_raw(paths[0], args.annotation_dir, args.split, **kw), None
+        if len(paths) == 1:
+            return MultiViewDataset(paths[0], args.split, **kw), None
+        names = [os.path.basename(os.path.normpath(p)) for p in paths]
+        mixed = MixedSource([(n, ShardSource(resolve_split_dir(p, args.split))) for n, p in zip(names, paths)])
+        weights = tuple(args.weights or [1.0] * len(paths))
+        return MultiViewDataset(source=mixed, **kw), Mixture(mixed.names, weights, tuple(mixed.ranges[n] for n in mixed.names))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise CLIError(str(exc).strip("'\"")) from None
 
@@ -73,7 +89,9 @@ def write_grid(batch: Dict, path: str) -> None:
     for b in range(B):
         for s in range(S):
             frame = int(batch["frame_ids"][b, s])
-            draw.text((pad, y), f"{batch['seq_names'][b]} frame {frame} (sample {b}, view {s})", fill=(230, 230, 230))
+            source = batch.get("sources", [""] * B)[b]
+            origin = f"[{source}] " if source else ""
+            draw.text((pad, y), f"{origin}{batch['seq_names'][b]} frame {frame} (sample {b}, view {s})", fill=(230, 230, 230))
             y += label_h
             tiles = [images[b, s], _colorize_depth(depths[b, s], masks[b, s]), np.repeat(masks[b, s][..., None] * 255, 3, -1).astype(np.uint8)]
             for i, tile in enumerate(tiles):
@@ -112,11 +130,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--num-images and --samples must be >= 1")
     if args.img_size % args.patch_size:
         raise CLIError(f"--img-size {args.img_size} must be a multiple of --patch-size {args.patch_size}")
-    ds = _build_dataset(args)
+    ds, mixture = _build_dataset(args)
     try:
         ds.target_shape(args.aspect)
         planner = StepPlanner(ds.index_info(), img_nums=(args.num_images, args.num_images), aspect_range=(args.aspect, args.aspect),
-                              seed=args.seed, frame_sampling=args.frame_sampling, max_img_per_gpu=args.num_images * args.samples)
+                              seed=args.seed, frame_sampling=args.frame_sampling, max_img_per_gpu=args.num_images * args.samples,
+                              mixture=mixture)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     batch = RankBatchStream(ds, planner, normalize=not args.no_normalize, finish=True).batch(args.step)
@@ -133,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
           f"{'augmented' if ds.augment else 'no augmentation'}, {'normalised' if not args.no_normalize else 'not normalised'}")
     for b in range(B):
         valid = batch["point_masks"][b].float().mean().item()
-        print(f"  sample {b}: {batch['seq_names'][b]} ({batch['categories'][b]}) frames {batch['frame_ids'][b].tolist()}, "
-              f"{valid:.0%} valid depth")
+        source = batch["sources"][b]
+        print(f"  sample {b}: {f'source {source}: ' if source else ''}{batch['seq_names'][b]} ({batch['categories'][b]}) "
+              f"frames {batch['frame_ids'][b].tolist()}, {valid:.0%} valid depth")
     replaced = [r for rs in batch["replaced"] for r in rs]
     if replaced:
         print(f"  replaced unusable frames: {', '.join(replaced)}")

@@ -16,6 +16,7 @@ from vggt_train.data.pipeline.augment_config import AugmentConfig
 from vggt_train.model.config import HEADS
 from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
 from vggt_train.train import paths
+from vggt_train.train.mix_config import MixEntry, mix_problem
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: Optional[str] = None  # converted dataset root (vggt-train convert-co3d --out), or a raw Co3D dir (below)
+    # several converted datasets instead of data.path, each sample's drawn by weight: [{path, weight, name,
+    # categories, train_split, val_split}, ...] (train/mix_config.py)
+    mix: Optional[List[MixEntry]] = None
     # set to the Co3D annotation dir (*.jgz) to train straight from the raw Co3D layout at data.path (no conversion;
     # the same samples, read more slowly: see docs/pipeline.md)
     raw_annotation_dir: Optional[str] = None
@@ -282,6 +286,8 @@ def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
         return value  # data.path: TrainData says what is missing there
 
     c.data.path = look("data.path", c.data.path, False)
+    for i, entry in enumerate(c.data.mix or []):
+        entry.path = look(f"data.mix[{i}].path", entry.path, False)
     c.data.raw_annotation_dir = look("data.raw_annotation_dir", c.data.raw_annotation_dir, True)
     c.deepspeed = look("deepspeed", c.deepspeed, True)
     if c.resume not in (None, "auto"):
@@ -328,8 +334,10 @@ def validate(c: TrainConfig) -> None:
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")
     d = c.data
-    need(d.path is not None, "data.path is required: the dataset written by `vggt-train convert-co3d --out` (or, with "
-                             "data.raw_annotation_dir, a raw Co3D dir)")
+    need(d.path is not None or d.mix is not None, "data.path is required: the dataset written by `vggt-train convert-co3d "
+                                                  "--out` (or, with data.raw_annotation_dir, a raw Co3D dir; or data.mix)")
+    problem = mix_problem(d.mix, d.path, d.raw_annotation_dir)
+    need(problem is None, str(problem))
     if d.raw_annotation_dir is not None:
         need(Path(d.raw_annotation_dir).is_dir(), f"data.raw_annotation_dir={d.raw_annotation_dir!r}: directory not found")
         need(Path(d.path).is_dir(), f"data.path={d.path!r}: the raw Co3D directory was not found")

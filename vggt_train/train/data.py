@@ -9,12 +9,15 @@ its device.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from vggt_train.data.pipeline.dataset import MultiViewDataset
 from vggt_train.data.pipeline.loader import RankBatchStream, accelerator_present, make_loader
-from vggt_train.data.pipeline.sampler import StepPlanner
+from vggt_train.data.pipeline.sampler import Mixture, StepPlanner
+from vggt_train.data.sources import ShardSource, resolve_split_dir
+from vggt_train.data.sources.mixed import MixedSource
 from vggt_train.train.config import ConfigError, TrainConfig
+from vggt_train.train.mix_config import entry_name
 
 # validation draws from its own stream, fixed across evaluations so successive validation losses compare
 _VAL_SEED_OFFSET = 1_000_003
@@ -35,43 +38,96 @@ def resample_placement(cfg: TrainConfig) -> str:
 
 
 class TrainData:
-    """Datasets and step planners for a run; streams are built per rank once the accelerator is up."""
+    """Datasets and step planners for a run; streams are built per rank once the accelerator is up.
+
+    One dataset (data.path), or a weighted mixture (data.mix): then the datasets are read through one MixedSource
+    and the planner draws each sample's dataset by weight. `train_sources` / `val_sources`: the names of the
+    mixture's datasets (empty without data.mix); batches carry each sample's in "sources".
+    """
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         d = cfg.data
         self.resample = resample_placement(cfg)
-        try:
-            self.train_set = self._dataset(d.train_split, d.augment)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"data.path={d.path!r} / data.train_split={d.train_split!r}: {exc}") from None
+        self.train_sources: Tuple[str, ...] = ()
+        self.val_sources: Tuple[str, ...] = ()
+        where = f"data.path={d.path!r} / data.train_split={d.train_split!r}"
+        if d.mix:  # its errors name the entry
+            self.train_set, train_mix = self._mixed_dataset(True, d.augment)
+            self.train_sources = train_mix.names
+        else:
+            try:
+                self.train_set, train_mix = self._dataset(d.train_split, d.augment), None
+            except (FileNotFoundError, ValueError) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
 
-        def planner(dataset, seed: int) -> StepPlanner:
+        def planner(dataset, seed: int, mixture: Optional[Mixture]) -> StepPlanner:
             return StepPlanner(dataset.index_info(), img_nums=d.img_nums, aspect_range=d.aspect_range, len_train=d.len_train,
                                seed=seed, frame_sampling=d.frame_sampling, expand_ratio=d.expand_ratio,
-                               max_img_per_gpu=d.max_img_per_gpu)
+                               max_img_per_gpu=d.max_img_per_gpu, mixture=mixture)
 
         try:
-            self.planner = planner(self.train_set, cfg.train.seed)
+            self.planner = planner(self.train_set, cfg.train.seed, train_mix)
         except ValueError as exc:  # e.g. no sequence left after data.categories
-            raise ConfigError(f"data.path={d.path!r} / data.train_split={d.train_split!r}: {exc}") from None
+            raise ConfigError(f"{where if not d.mix else 'data.mix'}: {exc}") from None
         self.val_set = self.val_planner = None
-        if d.val_split and cfg.train.val_every:
+        if d.mix and cfg.train.val_every:
+            self.val_set, val_mix = self._mixed_dataset(False, False)
+            if self.val_set is not None:
+                self.val_sources = val_mix.names
+                self.val_planner = planner(self.val_set, cfg.train.seed + _VAL_SEED_OFFSET, val_mix)
+        elif d.val_split and cfg.train.val_every:
             try:
                 self.val_set = self._dataset(d.val_split, False)
-                self.val_planner = planner(self.val_set, cfg.train.seed + _VAL_SEED_OFFSET)
+                self.val_planner = planner(self.val_set, cfg.train.seed + _VAL_SEED_OFFSET, None)
             except (FileNotFoundError, ValueError) as exc:
                 warnings.warn(f"no validation: data.val_split={d.val_split!r} is not in {d.path} ({exc})", stacklevel=2)
+
+    def _kwargs(self, augment: bool) -> Dict[str, Any]:
+        d = self.cfg.data
+        return {"img_size": d.img_size, "patch_size": d.patch_size, "augment": augment, "aug": augment_config(self.cfg),
+                "resample": self.resample}
 
     def _dataset(self, split: str, augment: bool):
         """The split's MultiViewDataset: converted shards at data.path, or the raw Co3D layout with raw_annotation_dir."""
 
         d = self.cfg.data
-        kw = {"img_size": d.img_size, "patch_size": d.patch_size, "augment": augment, "aug": augment_config(self.cfg),
-              "resample": self.resample}
+        kw = self._kwargs(augment)
         if d.raw_annotation_dir:
             return MultiViewDataset.from_raw(d.path, d.raw_annotation_dir, split, categories=d.categories, **kw)
         return MultiViewDataset(d.path, split, categories=d.categories, **kw)
+
+    def _mixed_dataset(self, train: bool, augment: bool):
+        """(MultiViewDataset over a MixedSource of data.mix's datasets, their Mixture). Training: every entry must
+        open (else a ConfigError naming it); validation: entries without their val split are left out with a
+        warning, and (None, None) when none is left."""
+        d = self.cfg.data
+        parts: List[Tuple[str, ShardSource]] = []
+        weights: List[float] = []
+        for i, e in enumerate(d.mix or []):
+            split = (e.train_split or d.train_split) if train else (e.val_split or d.val_split)
+            field_ = "train_split" if train else "val_split"
+            if split is None:
+                continue
+            try:
+                source = ShardSource(resolve_split_dir(e.path, split), categories=e.categories if e.categories is not None else d.categories)
+            except (FileNotFoundError, ValueError) as exc:
+                if train:
+                    raise ConfigError(f"data.mix[{i}].path={e.path!r} / {field_}={split!r}: {exc}") from None
+                warnings.warn(f"validation leaves out data.mix[{i}] ({entry_name(e)}): split {split!r} ({exc})", stacklevel=3)
+                continue
+            parts.append((entry_name(e), source))
+            weights.append(float(e.weight))
+        if not parts:
+            if not train:
+                warnings.warn("no validation: no dataset of data.mix has its validation split", stacklevel=3)
+            return None, None
+        try:
+            mixed = MixedSource(parts)
+        except ValueError as exc:  # a dataset without sequences (data.categories selected none of it)
+            raise ConfigError(f"data.mix: {exc}") from None
+        mixture = Mixture(mixed.names, tuple(weights), tuple(mixed.ranges[n] for n in mixed.names))
+        return MultiViewDataset(source=mixed, **self._kwargs(augment)), mixture
 
     def nominal_samples_per_rank(self) -> int:
         """Samples in a rank's micro-batch at the smallest image count (what DeepSpeed's config is told)."""

@@ -36,6 +36,7 @@ from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import check_placement, resolve_device
 from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
 from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, param_group_layout, set_lr
+from vggt_train.train.source_losses import source_loss_means, source_loss_sums
 
 # Test hooks (never set them otherwise): simulate a crash after a step, a NaN loss on rank 0 at given steps, or
 # weights turned non-finite after a step (what a checkpoint must then refuse to save).
@@ -93,6 +94,11 @@ def _all_mean(accelerator, value: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a tensor (every rank holds the same shape); one collective for all loss terms."""
     value = value.detach().float().to(accelerator.device)
     return accelerator.reduce(value, reduction="mean") if accelerator.num_processes > 1 else value
+
+
+def _all_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
+    value = value.detach().float().to(accelerator.device)
+    return accelerator.reduce(value, reduction="sum") if accelerator.num_processes > 1 else value
 
 
 def _any_rank(accelerator, flag: bool) -> bool:
@@ -350,6 +356,7 @@ class Trainer:
         self.model.eval()
         sums: Dict[str, float] = {}
         n = 0
+        sources, per_source, terms = self.data.val_sources, None, []
         for _, batch in zip(range(self.cfg.train.val_steps), stream):
             batch = finish_batch(_to_device(batch, self.accelerator.device))
             with _autocast(self.accelerator.device, self.cfg.train.mixed_precision):
@@ -357,6 +364,10 @@ class Trainer:
             losses = self.loss_fn(preds, batch)
             names = sorted(losses)
             values = dict(zip(names, _all_mean(self.accelerator, torch.stack([losses[k].float() for k in names])).tolist()))
+            if sources:  # a mixture: each dataset's samples through the loss on their own (source_losses.py)
+                terms = terms or names
+                rows = _all_sum(self.accelerator, source_loss_sums(self.loss_fn, preds, batch, sources, terms))
+                per_source = rows if per_source is None else per_source + rows
             if "pose_enc" in preds:
                 H, W = batch["images"].shape[-2:]
                 extr, _ = pose_encoding_to_extri_intri(preds["pose_enc"].float(), (H, W))
@@ -370,6 +381,8 @@ class Trainer:
         if n == 0:
             return None
         out = {k: v / n for k, v in sums.items()}
+        if per_source is not None:
+            out.update(source_loss_means(per_source, sources, terms))  # logged as val/<source>/<term>
         return {"step": self.state.step, "split": "val", "loss": out.get("objective", float("nan")), **out}
 
     # -- driver -----------------------------------------------------------------------------------------------

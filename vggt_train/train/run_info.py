@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from vggt_train import kernels
+from vggt_train.train.mix_config import entry_name
 
 LARGE_ON_CPU = {"vggt_1b"}  # presets that take hours a step on a CPU: `auto` landing there gets a loud warning
 
@@ -75,7 +76,8 @@ def collect(trainer, checkpoint: Optional[str], resumed_from: Optional[str], war
         "torch": torch.__version__,
         "parameters": params,
         "kernels": {op: kernels.selected(op, choice.type) for op in kernels.OPS},
-        "data": {"path": d.path, "split": d.train_split, "sequences": len(train_info.sequences),
+        "data": {"path": d.path if not d.mix else "mixture of " + ", ".join(f"{entry_name(e)} x{e.weight:g} ({e.path})" for e in d.mix),
+                 "split": d.train_split, "sequences": len(train_info.sequences),
                  "frames": int(sum(train_info.num_frames)), "categories": list(d.categories) or "all",
                  "img_size": d.img_size, "img_nums": list(d.img_nums), "resample_on": data.resample,
                  "val_split": d.val_split if data.val_set is not None else None,

@@ -53,7 +53,7 @@ class WorkerBatch:
     frame, whose depth slot is all zeros). Images: either `images` [B, S, H, W, 3]
     uint8, or, with the resize deferred to the finishing stage, `windows` [B * S, h, w, 3] uint8 (each view's
     source window, zero-padded) and `resample_table` (resample.pack's coefficients). seq_names / categories /
-    replaced: per sample. step / micro_step / aspect_ratio: set by the stream that planned it.
+    sources (the mixed dataset, "" without a mixture) / replaced: per sample. step / micro_step / aspect_ratio: set by the stream that planned it.
     """
 
     extrinsics: torch.Tensor
@@ -68,6 +68,7 @@ class WorkerBatch:
     resample_table: Optional[torch.Tensor] = None
     seq_names: List[str] = field(default_factory=list)
     categories: List[str] = field(default_factory=list)
+    sources: List[str] = field(default_factory=list)
     replaced: List[List[str]] = field(default_factory=list)
     step: Optional[int] = None
     micro_step: Optional[int] = None
@@ -92,8 +93,8 @@ class WorkerBatch:
     def meta(self) -> Dict[str, Any]:
         """What passes through the finishing stage unchanged: names, positions, and the stream's step fields when set."""
         out: Dict[str, Any] = {"frame_ids": self.frame_ids, "frames": self.frames, "has_depth": self.has_depth,
-                               "seq_names": self.seq_names,
-                               "categories": self.categories, "replaced": self.replaced}
+                               "seq_names": self.seq_names, "categories": self.categories, "sources": self.sources,
+                               "replaced": self.replaced}
         for k in ("step", "micro_step", "aspect_ratio"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
@@ -105,8 +106,8 @@ class TrainBatch(TypedDict, total=False):
 
     images [B, S, 3, H, W] float32 in [0, 1]; depths [B, S, H, W] float32; point_masks [B, S, H, W] bool
     (depth > 0); cam_points / world_points [B, S, H, W, 3]; extrinsics [B, S, 3, 4]; intrinsics [B, S, 3, 3];
-    frame_ids / frames [B, S]; has_depth [B, S] bool (False: camera only); seq_names, categories, replaced (per
-    sample); step, micro_step, aspect_ratio.
+    frame_ids / frames [B, S]; has_depth [B, S] bool (False: camera only); seq_names, categories, sources,
+    replaced (per sample); step, micro_step, aspect_ratio.
     """
 
     images: torch.Tensor
@@ -121,6 +122,7 @@ class TrainBatch(TypedDict, total=False):
     has_depth: torch.Tensor
     seq_names: List[str]
     categories: List[str]
+    sources: List[str]
     replaced: List[List[str]]
     step: int
     micro_step: int

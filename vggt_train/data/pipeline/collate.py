@@ -23,6 +23,7 @@ def collate_samples(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     batch: Dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in TENSOR_KEYS if k in samples[0]}
     batch["seq_names"] = [s.get("seq_name", "") for s in samples]
     batch["categories"] = [s.get("category", "") for s in samples]
+    batch["sources"] = [s.get("source", "") for s in samples]
     batch["replaced"] = [list(s.get("replaced", [])) for s in samples]
     return batch
 

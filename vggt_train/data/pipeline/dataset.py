@@ -23,7 +23,7 @@ worker's memory does not grow with the number of samples it has produced.
 Bad rows: a frame whose image does not decode (or whose depth bytes do not match its size, or whose principal
 point lies outside the image) is replaced by the next position of the same sequence (p + 1, p + 2, ... wrapping),
 up to `max_frame_retries` tries; a sequence without any usable frame among those is replaced by the next sequence
-in index order (same positions modulo its length). Each replacement is counted (`bad_frames`,
+in index order (of the same dataset in a mixture; same positions modulo its length). Each replacement is counted (`bad_frames`,
 `replaced_samples`), logged once per frame as a warning naming the file, sequence, frame and field, and listed in
 the sample's "replaced" entry. The replacement is deterministic: the same data give the same batch.
 """
@@ -204,7 +204,8 @@ class MultiViewDataset:
         batch = self.load_batch([spec], aspect_ratio)
         out = {k: (v[0] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         out["seq_name"], out["category"], out["replaced"] = batch["seq_names"][0], batch["categories"][0], batch["replaced"][0]
-        for k in ("seq_names", "categories"):
+        out["source"] = batch["sources"][0]
+        for k in ("seq_names", "categories", "sources"):
             out.pop(k)
         return out
 
@@ -220,7 +221,8 @@ class MultiViewDataset:
         world origin, translations / depths / points divided by the mean distance of the valid world points) in
         its two halves: the rigid one here in float64 (geometry.first_camera_frame), the scale one in the
         finishing stage (geometry.scene_scale); the same result to float32 rounding (tested).
-        Also: seq_names [B], categories [B], replaced [B] lists of replaced frames, frame_ids / frames [B, S]
+        Also: seq_names [B], categories [B], sources [B] (the mixed dataset each sample came from, "" without a
+        mixture: FrameSource.source_name), replaced [B] lists of replaced frames, frame_ids / frames [B, S]
         (positions used, annotation frame indices).
         """
         if not specs:
@@ -248,6 +250,7 @@ class MultiViewDataset:
             batch.extrinsics[b] = (first_camera_frame(cameras) if normalize else cameras)[0]
             batch.seq_names.append(seq)
             batch.categories.append(self.source.category(seq))
+            batch.sources.append(self.source.source_name(seq))
             batch.replaced.append(replaced)
         if deferred is not None:
             batch.windows, batch.resample_table = deferred.tensors()
@@ -281,7 +284,7 @@ class MultiViewDataset:
                     self._fill_view(fill, b, v, seq, pos, views[v], replaced)
                 return seq, replaced
             except _SequenceUnusable:
-                nxt = self.sequences[(self._seq_pos[seq] + 1) % len(self.sequences)]
+                nxt = self.source.next_sequence(seq)  # a mixture's stays within the sample's dataset
                 replaced.append(f"sequence {seq} -> {nxt}")
                 self.replaced_samples += 1
                 log.warning("no usable frame among the tried positions of sequence %s; sample moved to sequence %s", seq, nxt)

@@ -32,7 +32,7 @@ class RankBatchStream(IterableDataset):
     """Micro-batches of one rank, as WorkerBatch items. Once finished (`finish_batch`, or finish=True): TrainBatch
     dicts of images [B, S, 3, H, W] float32 in [0, 1], depths [B, S, H, W], extrinsics [B, S, 3, 4], intrinsics [B, S, 3, 3], cam_points /
     world_points [B, S, H, W, 3], point_masks [B, S, H, W] bool (batch-normalised unless normalize=False), plus
-    step, micro_step, aspect_ratio, seq_names [B], categories [B], frame_ids / frames [B, S] and replaced (per
+    step, micro_step, aspect_ratio, seq_names [B], categories [B], sources [B], frame_ids / frames [B, S] and replaced (per
     sample, the frames and sequences replaced because they were unusable).
     """
 

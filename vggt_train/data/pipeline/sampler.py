@@ -9,20 +9,56 @@ global batch is a prefix of a larger one and the same seed gives the same global
 Slicing (documented order): micro-batch m of rank r holds global samples [c * B, (c + 1) * B) with
 c = m * world_size + r and B = samples per rank. So world size 4 x accumulation 1, 2 x 2 and 1 x 4 cover the same
 global batch in the same chunks.
+
+Mixing datasets (`mixture=Mixture(...)`): sample i first draws its source by weight, from (seed, t, i) and a tag of
+its own, then a sequence uniformly within that source's range of the index and its frames as above. Every sample
+of a micro-batch may come from a different source; they share S and the aspect ratio of the step. The draw of
+the source uses its own stream, so a one-source mixture gives exactly the batches of the plain planner.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from vggt_train.data.sources.base import IndexInfo  # re-exported: the sampler API takes it
 
 # Domain tags keep the step-level and sample-level streams independent of each other.
-_STEP_TAG, _SAMPLE_TAG = 0x5EED5, 0x5A3B1E
+_STEP_TAG, _SAMPLE_TAG, _MIX_TAG = 0x5EED5, 0x5A3B1E, 0x313C5
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Several datasets in one index: names, weights (> 0, need not sum to 1) and each one's [start, stop) range
+    of sequence indices in the planner's IndexInfo (MixedSource.ranges)."""
+
+    names: Tuple[str, ...]
+    weights: Tuple[float, ...]
+    ranges: Tuple[Tuple[int, int], ...]
+
+    def __post_init__(self):
+        if not self.names or not len(self.names) == len(self.weights) == len(self.ranges):
+            raise ValueError("Mixture: names, weights and ranges need the same, non-zero length")
+        for name, w, (start, stop) in zip(self.names, self.weights, self.ranges):
+            if not (np.isfinite(w) and w > 0):
+                raise ValueError(f"Mixture: weight {w} of {name!r} must be a finite number > 0")
+            if not 0 <= start < stop:
+                raise ValueError(f"Mixture: {name!r} has no sequences (range [{start}, {stop}))")
+
+    def probabilities(self) -> np.ndarray:
+        """[K] float64 weights normalised to sum to 1."""
+        w = np.asarray(self.weights, dtype=np.float64)
+        return w / w.sum()
+
+    def pick(self, step_seed: Sequence[int]) -> int:
+        """Which source: inverse CDF of one uniform from a generator seeded with step_seed (Generator.random is
+        the same on every platform and numpy version we support)."""
+        u = np.random.default_rng(list(step_seed)).random()
+        cdf = np.cumsum(self.probabilities())
+        return min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
 
 
 @dataclass(frozen=True)
@@ -32,6 +68,7 @@ class SampleSpec:
     sequence: str
     frame_ids: Tuple[int, ...]
     aug_seed: int
+    source: str = ""  # the dataset of a mixture it was drawn from ("" without a mixture)
 
 
 @dataclass(frozen=True)
@@ -67,12 +104,13 @@ class StepPlanner:
     frame_sampling: "random" (S positions uniformly, duplicates allowed unless allow_duplicates=False and the
     sequence is long enough) or "nearby" (an anchor, then S - 1 positions uniformly within
     [anchor - r, anchor + r), r = int(S x expand_ratio), clipped to the sequence; duplicates allowed; official
-    `get_nearby_ids`). The anchor is always the first frame.
+    `get_nearby_ids`). The anchor is always the first frame. mixture: draw each sample's dataset by weight first
+    (see the module docstring); the IndexInfo is then the mixture's (MixedSource.index_info()).
     """
 
     def __init__(self, index_info: IndexInfo, img_nums: Sequence[int] = (2, 24), aspect_range: Sequence[float] = (1.0, 1.0),
                  len_train: int = 100000, seed: int = 0, frame_sampling: str = "random", expand_ratio: float = 2.0,
-                 allow_duplicates: bool = True, max_img_per_gpu: int = 48):
+                 allow_duplicates: bool = True, max_img_per_gpu: int = 48, mixture: Optional[Mixture] = None):
         lo, hi = (int(x) for x in img_nums)
         if not 1 <= lo <= hi:
             raise ValueError(f"img_nums={list(img_nums)} must be [min, max] with 1 <= min <= max")
@@ -85,7 +123,10 @@ class StepPlanner:
             raise ValueError(f"max_img_per_gpu={max_img_per_gpu} is below img_nums min {lo}: no sample fits a GPU")
         if len_train < 1:
             raise ValueError(f"len_train={len_train} must be >= 1")
+        if mixture is not None and max(stop for _, stop in mixture.ranges) > len(index_info.sequences):
+            raise ValueError(f"mixture ranges {list(mixture.ranges)} exceed the {len(index_info.sequences)} sequences of the index")
         self.info = index_info
+        self.mixture = mixture
         self.img_nums = (lo, hi)
         self.aspect_range = (a_lo, a_hi)
         self.len_train = int(len_train)
@@ -117,7 +158,13 @@ class StepPlanner:
     def sample_spec(self, step: int, index: int, num_images: int) -> SampleSpec:
         """Sample `index` of the global batch of `step` (S = num_images): from (seed, step, index) only."""
         rng = np.random.default_rng([self.seed, int(step), _SAMPLE_TAG, int(index)])
-        seq_idx = int(rng.integers(len(self.info.sequences)))
+        source = ""
+        if self.mixture is None:
+            seq_idx = int(rng.integers(len(self.info.sequences)))
+        else:
+            k = self.mixture.pick([self.seed, int(step), _MIX_TAG, int(index)])
+            start, stop = self.mixture.ranges[k]
+            seq_idx, source = start + int(rng.integers(stop - start)), self.mixture.names[k]
         n = self.info.num_frames[seq_idx]
         S = int(num_images)
         if self.frame_sampling == "nearby":
@@ -131,7 +178,7 @@ class StepPlanner:
         else:
             frames = [int(x) for x in rng.choice(n, size=S, replace=False)]
         aug_seed = int(rng.integers(2**63 - 1))
-        return SampleSpec(self.info.sequences[seq_idx], tuple(frames), aug_seed)
+        return SampleSpec(self.info.sequences[seq_idx], tuple(frames), aug_seed, source)
 
     def plan(self, step: int, num_samples: Union[int, Callable[[int], int], None] = None) -> StepPlan:
         """The global batch of `step`. num_samples: G, or a function S -> G (default: samples_per_rank(S), one rank)."""
@@ -164,9 +211,12 @@ class StepPlanner:
         self.step = int(step)
 
     def _config(self) -> Dict:
-        return {"img_nums": list(self.img_nums), "aspect_range": list(self.aspect_range), "frame_sampling": self.frame_sampling,
-                "expand_ratio": self.expand_ratio, "allow_duplicates": self.allow_duplicates,
-                "max_img_per_gpu": self.max_img_per_gpu, "num_sequences": len(self.info.sequences)}
+        config = {"img_nums": list(self.img_nums), "aspect_range": list(self.aspect_range), "frame_sampling": self.frame_sampling,
+                  "expand_ratio": self.expand_ratio, "allow_duplicates": self.allow_duplicates,
+                  "max_img_per_gpu": self.max_img_per_gpu, "num_sequences": len(self.info.sequences)}
+        if self.mixture is not None:  # only with a mixture: a plain run's state is what it always was
+            config["mixture"] = {name: float(w) for name, w in zip(self.mixture.names, self.mixture.weights)}
+        return config
 
     def state_dict(self) -> Dict:
         """{"seed", "step"} (+ the sampling config, only to warn when a resumed run samples differently)."""
@@ -191,4 +241,4 @@ def index_info_of(sequences: Sequence[str], num_frames: Sequence[int]) -> IndexI
     return IndexInfo(tuple(str(s) for s in sequences), tuple(int(n) for n in num_frames))
 
 
-__all__ = ["IndexInfo", "SampleSpec", "StepPlan", "StepPlanner", "samples_fn", "index_info_of"]
+__all__ = ["IndexInfo", "Mixture", "SampleSpec", "StepPlan", "StepPlanner", "samples_fn", "index_info_of"]

@@ -3,7 +3,8 @@
 `ShardReadError`: a shard's buffers are damaged).
 
 A source lists `sequences` and answers `num_frames`, `category` and `read_frame(sequence, position) -> RawFrame`.
-The sources: shards.ShardSource (converted shards), raw_co3d.RawCo3DSource (raw Co3D files), memory.InMemorySource.
+The sources: shards.ShardSource (converted shards), raw_co3d.RawCo3DSource (raw Co3D files), memory.InMemorySource,
+mixed.MixedSource (several sources behind one, for training on a mixture of datasets).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ class FrameSource:
 
     def category(self, sequence: str) -> str:
         return ""
+
+    def source_name(self, sequence: str) -> str:
+        """The named dataset `sequence` comes from in a mixture ("" for a source that is not one)."""
+        return ""
+
+    def next_sequence(self, sequence: str) -> str:
+        """The sequence that stands in for an unusable one: the next in index order, wrapping around."""
+        return self.sequences[(self.sequences.index(sequence) + 1) % len(self.sequences)]
 
     def read_frame(self, sequence: str, position: int) -> RawFrame:
         """Frame at `position` (0..num_frames-1) of `sequence`; raises BadFrame for unusable stored data."""
