@@ -104,3 +104,15 @@ def test_training_on_camera_only_data_logs_the_samples_each_term_saw(camera_only
     for r in train:
         assert r["samples_camera"] == r["samples"] == 2 and r["samples_depth"] == 0 and r.get("samples_point", 0) == 0
         assert np.isfinite(r["loss"]) and not r["skipped"]
+
+
+def test_evaluation_reads_camera_only_frames_with_no_depth_to_score(camera_only_shards):
+    from vggt_train.data.sources.shards import ShardSource, resolve_split_dir
+    from vggt_train.evaluation.evaluate import _read_views
+    from vggt_train.evaluation.protocol import SequencePlan
+
+    source = ShardSource(resolve_split_dir(str(camera_only_shards), "train"))
+    seq = source.sequences[0]
+    images, depths, extrinsics = _read_views(source, SequencePlan("c", seq, source.num_frames(seq), (0, 3)), 56)
+    assert images.shape[0] == depths.shape[0] == extrinsics.shape[0] == 2
+    assert depths.shape[-2:] == images.shape[-2:] and not depths.any()

@@ -138,7 +138,10 @@ def _read_views(source, plan: SequencePlan, img_size: int):
     for position in plan.frames:
         frame = source.read_frame(plan.sequence, position)
         images.append(preprocess_image(frame.image, img_size))
-        depths.append(preprocess_depth(frame.depth, img_size))
+        if frame.depth is None:  # a camera-only frame: no pixel has a depth to score
+            depths.append(torch.zeros(images[-1].shape[-2:]))
+        else:
+            depths.append(preprocess_depth(frame.depth, img_size))
         extrinsics.append(torch.tensor(np.array(frame.extrinsic, dtype=np.float64)))  # a copy: the shard view is read-only
     images, depths = pad_views(images, depths)
     return images, depths, torch.stack(extrinsics)
