@@ -215,7 +215,7 @@ def test_a_resaved_split_with_a_damaged_row_is_still_caught(root, tmp_path):
     new = resaved(root, tmp_path, shuffle=False)
     table = datasets.load_from_disk(os.path.join(new, "train")).data.table
     checksum = table.column("checksum").to_numpy().copy()
-    checksum[7] ^= 1  # row 7 no longer matches its payload
+    checksum[7] ^= np.uint64(1)  # row 7 no longer matches its payload
     table = table.set_column(table.column_names.index("checksum"), "checksum", pa.array(checksum, pa.uint64()))
     datasets.Dataset(InMemoryTable(table)).save_to_disk(str(tmp_path / "damaged" / "train"))
     got = MultiViewDataset(str(tmp_path / "damaged"), "train", img_size=42)
