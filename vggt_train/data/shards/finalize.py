@@ -1,5 +1,5 @@
 """Finalize a converted dataset once every shard of its plan exists: per split state.json, dataset_info.json and
-sequence_index.json, then OUT's dataset_dict.json, manifest.json and report.json.
+sequence_index.json, then OUT's dataset_dict.json, manifest.json, report.json and README.md (the dataset card).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import hashlib
 import os
 
 from vggt_train.data.safe_names import plain_name
+from vggt_train.data.shards.card import source_info, write_dataset_card
 from vggt_train.data.shards.layout import MergeError, load_json, read_manifests, shard_jobs, shard_relpath, summarize, write_json_atomic
 from vggt_train.data.shards.schema import INDEX_FILE, MANIFEST_FILE, REPORT_FILE, SCHEMA_VERSION, WORK_DIR, features
 
@@ -61,7 +62,7 @@ def finalize(out: str) -> dict:
         digest = hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()[:16]
         write_json_atomic(os.path.join(split_dir, "dataset_info.json"), {
             "citation": "", "homepage": "", "license": "", "features": feats.to_dict(),
-            "description": f"{plan.get('source', {}).get('name', 'Co3D')} frames converted by `vggt-train "
+            "description": f"{source_info(plan)['name']} frames converted by `vggt-train "
                            f"convert-{plan.get('format', 'co3d')}` (schema in vggt_train/data/shards/schema.py)"})
         write_json_atomic(os.path.join(split_dir, INDEX_FILE), {"schema_version": SCHEMA_VERSION, "num_rows": start,
                                                                 "sequences": sequences})
@@ -82,4 +83,5 @@ def finalize(out: str) -> dict:
         "splits": {s: {"sequences": st["sequences"], "frames": st["frames"], "bytes": st["bytes"],
                        "sequences_below_min_frames": st["filtered"]} for s, st in summary["splits"].items()},
         "skipped_by_reason": counts, "skipped": skipped})
+    write_dataset_card(out, {"source": source_info(plan)})  # README.md: reads the files above
     return manifest

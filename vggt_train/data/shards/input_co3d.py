@@ -13,16 +13,6 @@ from vggt_train.data.sources.select import parse_categories, select_categories
 
 _FALLBACK_FRAME_BYTES = 1.2e6  # size estimate when a category's probe frame is unreadable
 
-SOURCE = {
-    "name": "Co3D",
-    "format": "co3d",
-    "license": "cc-by-nc-4.0",
-    "homepage": "https://github.com/facebookresearch/co3d",
-    "citation": ("@inproceedings{reizenstein21co3d, title={Common Objects in 3D: Large-Scale Learning and Evaluation "
-                 "of Real-life 3D Category Reconstruction}, author={Reizenstein, Jeremy and Shapovalov, Roman and "
-                 "Henzler, Philipp and Sbordone, Luca and Labatut, Patrick and Novotny, David}, booktitle={ICCV}, "
-                 "year={2021}}"),
-}
 
 
 def resolve_categories(opts) -> list[str]:
@@ -59,7 +49,7 @@ class Co3DFormat(InputFormat):
         """Reads every annotation file once (then drops it, so memory stays small) and probes up to 3 frames per
         category for a bytes-per-frame estimate."""
         categories = resolve_categories(opts)
-        scan = Scan(splits={}, categories=categories, source=dict(SOURCE))
+        scan = Scan(splits={}, categories=categories, source="co3d")
         for split in opts.splits:
             rows: list = []
             filtered = {"sequences": 0, "frames": 0}

@@ -10,13 +10,6 @@ from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame
 from vggt_train.data.shards.layout import ConvertError, record, sha256_file
 from vggt_train.data.sources import co3d, colmap
 
-SOURCE = {
-    "name": "COLMAP scenes",
-    "format": "colmap",
-    "license": "other",  # the user's own images: their licence is theirs to state
-    "homepage": "https://colmap.github.io/",
-    "citation": "",
-}
 
 
 def _model_files(workspace: str) -> dict[str, str]:
@@ -42,7 +35,7 @@ class ColmapFormat(InputFormat):
             workspaces = colmap.list_workspaces(root)
         except colmap.ColmapInputError as exc:
             raise ConvertError(str(exc)) from None
-        scan = Scan(splits={}, categories=[category], source=dict(SOURCE))
+        scan = Scan(splits={}, categories=[category], source="colmap")
         split = opts.splits[0]
         rows, filtered = [], {"sequences": 0, "frames": 0}
         for name, workspace in workspaces:

@@ -9,14 +9,6 @@ from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame
 from vggt_train.data.shards.layout import ConvertError, record, sha256_file
 from vggt_train.data.sources import co3d, vkitti2
 
-SOURCE = {
-    "name": "Virtual KITTI 2",
-    "format": "vkitti2",
-    "license": "cc-by-nc-sa-3.0",
-    "homepage": "https://europe.naverlabs.com/research/computer-vision/proxy-virtual-worlds-vkitti-2/",
-    "citation": ("@misc{cabon2020vkitti2, title={Virtual KITTI 2}, author={Cabon, Yohann and Murray, Naila and "
-                 "Humenberger, Martin}, year={2020}, eprint={2001.10773}, archivePrefix={arXiv}}"),
-}
 
 
 def _txt_files(root: str, scene: str, variation: str) -> dict[str, str]:
@@ -44,7 +36,7 @@ class VKitti2Format(InputFormat):
         root = opts.inputs["input"]
         sequences = self._sequences(opts)
         split = opts.splits[0]
-        scan = Scan(splits={}, categories=sorted({scene for _n, scene, _v, _c in sequences}), source=dict(SOURCE))
+        scan = Scan(splits={}, categories=sorted({scene for _n, scene, _v, _c in sequences}), source="vkitti2")
         rows, filtered = [], {"sequences": 0, "frames": 0}
         for name, scene, variation, camera in sequences:
             try:

@@ -38,7 +38,8 @@ class Scan:
     splits: {split: [(category, sequence, number of frames, estimated stored bytes per frame), ...]} in plan
     order (sorted names); inputs: {input file name: sha256} (a change after planning stops a resume);
     problems: report records of what was refused while scanning; filtered: {split: {"sequences", "frames"}} left
-    out for being below --min-frames; categories: the category names; source: the dataset card's facts.
+    out for being below --min-frames; categories: the category names; source: the key of the source dataset in
+    card.SOURCES (licence, citation: the dataset card's facts).
     """
 
     splits: Dict[str, List[Tuple[str, str, int, float]]]
@@ -46,7 +47,7 @@ class Scan:
     problems: List[dict] = field(default_factory=list)
     filtered: Dict[str, Dict[str, int]] = field(default_factory=dict)
     categories: List[str] = field(default_factory=list)
-    source: Dict[str, Any] = field(default_factory=dict)
+    source: str = ""
 
 
 @dataclass

@@ -12,14 +12,19 @@ import bisect
 import io
 import itertools
 import json
+import logging
 import os
+import time
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from vggt_train.data.safe_names import plain_name
+from vggt_train.data.shards.index_rebuild import rebuild_index
 from vggt_train.data.shards.schema import INDEX_FILE, arrow_schema
+
+log = logging.getLogger("vggt_train.data")
 
 
 class ShardError(ValueError):
@@ -131,9 +136,11 @@ class Co3DSplit:
 
     Opening checks what a damaged or hostile split could abuse: state.json's shard names stay in the split
     directory, every shard reads (a failure names the shard), sequence_index.json tiles the rows (index_problems).
+    Without sequence_index.json (a split saved by `datasets` itself) the index is rebuilt from the columns
+    (index_rebuild.py), once: the rebuilt index travels with the pickled split.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, rebuilt_index: dict | None = None):
         import datasets
 
         self.path = path
@@ -147,17 +154,42 @@ class Co3DSplit:
         # Arrow format: rows come back as pyarrow tables over the memory map, nothing becomes a Python object.
         self._table = self.dataset.with_format("arrow")
         index_path = os.path.join(path, INDEX_FILE)
-        try:
-            with open(index_path) as f:
-                index = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{index_path}: not readable JSON ({type(exc).__name__}: {exc})") from None
-        problems = index_problems(index, len(self.dataset), index_path, len(names), self._sequence_reader(names))
-        if problems:
-            raise ValueError(problems[0])
+        sequence_at = self._sequence_reader(names)
+        # Set when the index was rebuilt from the columns; pickled along, so workers do not rebuild it.
+        self.rebuilt_index = rebuilt_index
+        if rebuilt_index is None and not os.path.exists(index_path):
+            self.rebuilt_index = self._rebuild_index(names)
+        if self.rebuilt_index is not None:
+            index = self.rebuilt_index
+        else:
+            try:
+                with open(index_path) as f:
+                    index = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{index_path}: not readable JSON ({type(exc).__name__}: {exc})") from None
+            problems = index_problems(index, len(self.dataset), index_path, len(names), sequence_at)
+            if problems:
+                raise ValueError(problems[0])
         self.sequences: list[str] = [s["sequence"] for s in index["sequences"]]
         self._index = {s["sequence"]: s for s in index["sequences"]}
         self._names = names
+
+    def _rebuild_index(self, names: list[str]) -> dict:
+        """The sequence index from the columns (index_rebuild.rebuild_index), with one log line saying so."""
+        t0 = time.perf_counter()
+        table = getattr(self.dataset.data, "table", self.dataset.data)
+        missing = [c for c in ("sequence", "category", "frame") if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{self.path}: no {INDEX_FILE} and no {missing} column(s) to rebuild it from "
+                             f"(not a converted split?)")
+        blocks = getattr(self.dataset.data, "blocks", None)  # one block row per shard file after load_from_disk
+        shard_rows = [len(row[0]) for row in blocks] if blocks and len(blocks) == len(names) else None
+        index = rebuild_index(table.select(["sequence", "category", "frame"]), shard_rows)
+        log.warning("%s: no %s; rebuilt it from the 'sequence' column (%d sequences, %d rows, %s, %.2f s)", self.path,
+                    INDEX_FILE, len(index["sequences"]), index["num_rows"],
+                    "contiguous" if index["contiguous"] else "rows of a sequence not contiguous: grouped per sequence",
+                    time.perf_counter() - t0)
+        return index
 
     def _validate(self, sequence: str, rows: list[int]) -> None:
         """Damaged offsets would crash the take/slice of read_rows: each record batch holding `rows` passes
@@ -202,10 +234,10 @@ class Co3DSplit:
         return len(self.dataset)
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"path": self.path, "rebuilt_index": self.rebuilt_index}
 
     def __setstate__(self, state):
-        self.__init__(state["path"])
+        self.__init__(state["path"], state.get("rebuilt_index"))
 
     def category(self, sequence: str) -> str:
         return self._index[sequence]["category"]
@@ -214,10 +246,11 @@ class Co3DSplit:
         """Number of stored (valid) frames of `sequence`."""
         return self._index[sequence]["num_frames"]
 
-    def rows(self, sequence: str) -> range:
-        """Dataset row range of `sequence` (rows are grouped by sequence, frames in annotation order)."""
+    def rows(self, sequence: str) -> Sequence[int]:
+        """Dataset rows of `sequence`, frames in annotation order: a range (the converter's layout, rows grouped
+        by sequence), or an int64 array of row indices for a rebuilt index of a split whose rows are not."""
         s = self._index[sequence]
-        return range(s["start"], s["start"] + s["num_frames"])
+        return s["rows"] if "rows" in s else range(s["start"], s["start"] + s["num_frames"])
 
     def get_frames(self, sequence: str, positions: Sequence[int] | None = None, decode_images: bool = True) -> dict:
         """Frames at `positions` (0..num_frames-1, default all) of `sequence`.
@@ -230,7 +263,7 @@ class Co3DSplit:
         pos = list(range(len(r))) if positions is None else [int(p) for p in positions]
         if any(not 0 <= p < len(r) for p in pos):
             raise IndexError(f"positions {pos} out of range for {sequence} with {len(r)} frames")
-        rows = [r.start + p for p in pos]
+        rows = [int(r[p]) for p in pos]
         self._validate(sequence, rows)
         return read_rows(self._table, rows, decode_images) | {"category": self.category(sequence)}
 

@@ -129,10 +129,10 @@ def _in_main_process() -> bool:
 class ShardSource(FrameSource):
     """Frames of one converted split (`OUT/<split>`), read column-by-column from the memory-mapped shards."""
 
-    def __init__(self, split_dir: str, categories: Selection = None):
+    def __init__(self, split_dir: str, categories: Selection = None, split: Optional[Co3DSplit] = None):
         self.split_dir = split_dir
         self.categories = parse_categories(categories)
-        self.split = Co3DSplit(split_dir)
+        self.split = split if split is not None else Co3DSplit(split_dir)  # given: unpickled (index not rebuilt again)
         self.sequences = list(self.split.sequences)
         if self.categories is not None:
             present = {self.split.category(s) for s in self.sequences}
@@ -157,10 +157,10 @@ class ShardSource(FrameSource):
         self._files = [f["filename"] for f in ds.cache_files] if ds.cache_files else [split_dir]
 
     def __getstate__(self):
-        return {"split_dir": self.split_dir, "categories": self.categories}
+        return {"split_dir": self.split_dir, "categories": self.categories, "split": self.split}
 
     def __setstate__(self, state):
-        self.__init__(state["split_dir"], state.get("categories"))
+        self.__init__(state["split_dir"], state.get("categories"), state.get("split"))
 
     def num_frames(self, sequence: str) -> int:
         return self.split.num_frames(sequence)
@@ -178,9 +178,9 @@ class ShardSource(FrameSource):
 
     def read_frame(self, sequence: str, position: int) -> RawFrame:
         rows = self.split.rows(sequence)
-        row = rows.start + int(position)
         if not 0 <= position < len(rows):
             raise IndexError(f"frame position {position} out of range for {sequence} with {len(rows)} frames")
+        row = int(rows[int(position)])
         where = self._where(sequence, position, row)
         try:
             r = self._rows.read(row)
@@ -202,10 +202,11 @@ class ShardSource(FrameSource):
 
 
 def resolve_split_dir(path: str, split: Optional[str]) -> str:
-    """OUT + split -> OUT/split; a split directory itself is accepted too. Raises FileNotFoundError with a hint."""
+    """OUT + split -> OUT/split; a split directory itself is accepted too: a converted one (sequence_index.json) or
+    one saved by `datasets` (state.json; its index is rebuilt). Raises FileNotFoundError with a hint."""
     candidates = ([os.path.join(path, split)] if split else []) + [path]
     for c in candidates:
-        if os.path.isfile(os.path.join(c, INDEX_FILE)):
+        if os.path.isfile(os.path.join(c, INDEX_FILE)) or os.path.isfile(os.path.join(c, "state.json")):
             return c
-    raise FileNotFoundError(f"no converted split at {os.path.join(path, split) if split else path} (expected {INDEX_FILE}; "
-                            f"make one with `vggt-train convert-co3d --out {path}`)")
+    raise FileNotFoundError(f"no converted split at {os.path.join(path, split) if split else path} (expected {INDEX_FILE} "
+                            f"or a `save_to_disk` state.json; make one with `vggt-train convert-co3d --out {path}`)")
