@@ -2,6 +2,7 @@
 # vggt-train's commands. Each sets up what is missing first (never replacing an installed torch:
 # Ascend users pin torch to their torch_npu build).
 #   ./launch.sh demo         synthetic Co3D -> shards -> 2-process DeepSpeed training on the CPU -> export -> loss plot
+#                            (--mix: also synthetic COLMAP scenes, trained as a 0.7/0.3 mixture with the Co3D)
 #   ./launch.sh test         the whole test suite (extra arguments go to pytest)
 #   ./launch.sh test-compat  the whole suite on the oldest supported stack, Python 3.10 + torch 2.1.2, in .venv-torch2.1/
 #   ./launch.sh multinode --hostfile F [--ds-config ds_configs/zero2.json] --config CFG [key=value ...]
@@ -199,9 +200,13 @@ version: %s
     ;;
   demo)
     choose_python; ensure_python create; setup "$CPU_TORCH"
-    out="runs/demo"
+    out="runs/demo" mix="" args=()
     for arg in "$@"; do  # an output_dir= override moves every step of the demo, not only the training
-      case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac
+      case "$arg" in
+        --mix) mix=1; continue ;;  # also your-own-data style scenes (COLMAP), trained as a weighted mixture
+        output_dir=*) out="${arg#output_dir=}" ;;
+      esac
+      args+=("$arg")
     done
     log "demo 1/5: a synthetic Co3D (2 categories x 5 sequences x 24 frames) in $out/data/raw"
     # only what an earlier demo wrote: output_dir= may name a directory that holds other things
@@ -211,9 +216,16 @@ version: %s
     log "demo 2/5: convert it to Arrow shards in $out/data/shards"
     "$PY" -m vggt_train convert-co3d --co3d-dir "$out/data/raw/co3d" --annotation-dir "$out/data/raw/annotations" \
       --out "$out/data/shards" --workers 1
+    data=("data.path=$out/data/shards")
+    if [ -n "$mix" ]; then
+      log "demo 2/5 (--mix): synthetic COLMAP workspaces in $out/data/colmap_raw, converted to $out/data/colmap"
+      "$PY" -m vggt_train make-synthetic-colmap --out "$out/data/colmap_raw" --workspaces 4 --frames 12 --size 84x112 --seed 1
+      "$PY" -m vggt_train convert-colmap --input "$out/data/colmap_raw" --name scenes --out "$out/data/colmap" --workers 1
+      data=("data.path=null" "data.mix=[{path: $out/data/shards, weight: 0.7, name: co3d}, {path: $out/data/colmap, weight: 0.3, name: colmap}]")
+    fi
     log "demo 3/5: train the tiny VGGT with accelerate + DeepSpeed ZeRO-2 on 2 CPU processes (configs/demo_cpu.yaml)"
     OMP_NUM_THREADS=1 "$PY" -m accelerate.commands.launch --config_file accelerate_configs/cpu_2p.yaml \
-      -m vggt_train.train --config configs/demo_cpu.yaml "data.path=$out/data/shards" "$@"
+      -m vggt_train.train --config configs/demo_cpu.yaml "${data[@]}" "${args[@]}"
     log "demo 4/5: export the last checkpoint to an official-format checkpoint"
     "$PY" -m vggt_train export "$out" "$out/model.safetensors"
     log "demo 5/5: loss plot and summary"

@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge-shards": ("vggt_train.data.shards.merge_cli", "join the parts of a `convert-co3d --part i/n` run into one dataset (moves, never copies)"),
     "verify-dataset": ("vggt_train.data.shards.verify_cli", "re-read every shard of a converted dataset: schema, counts, checksums, decodability"),
     "make-synthetic-co3d": ("vggt_train.data.synthetic_cli", "render procedural textured scenes with exact depth in the raw Co3D layout"),
+    "make-synthetic-colmap": ("vggt_train.data.synthetic_colmap_cli", "write synthetic scenes as COLMAP workspaces (images, sparse model, dense depth) to try convert-colmap"),
+    "make-synthetic-vkitti2": ("vggt_train.data.synthetic_vkitti2_cli", "write synthetic scenes as a Virtual KITTI 2 tree to try convert-vkitti2"),
     "inspect-batch": ("vggt_train.data.inspect_cli", "draw one training batch: PNG grid (image, depth, mask per view) + PLY of its world points"),
     "evaluate": ("vggt_train.evaluation.evaluate_cli", "evaluate checkpoints on a converted Co3D split with the official test protocol (AUC, RRA/RTA, depth); --compare two"),
     "kernels": ("vggt_train.kernels.kernels_cli", "list kernel backends per op (available, selected); --check compares each with the reference"),

@@ -39,3 +39,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"  co3d dir:       {info['co3d_dir']}\n  annotation dir: {info['annotation_dir']}")
     print(f"convert with: vggt-train convert-co3d --co3d-dir {info['co3d_dir']} --annotation-dir {info['annotation_dir']} --out OUT")
     return 0
+
+
+def common_arguments(parser: argparse.ArgumentParser, size: str, frames: int) -> None:
+    """--out, --frames, --size, --seed of the synthetic layout writers."""
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--frames", type=int, default=frames, help=f"frames per sequence [default: {frames}]")
+    parser.add_argument("--size", default=size, help=f"image size HxW [default: {size}]")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed and options give byte-identical files [default: 0]")
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """--frames >= 1 and a writable --out, or a one-line CLIError."""
+    if args.frames < 1:
+        raise CLIError("--frames must be >= 1")
+    problem = output_dir_problem(args.out)
+    if problem:
+        raise CLIError(f"cannot write --out {args.out}: {problem}")
