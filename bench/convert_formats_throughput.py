@@ -2,13 +2,13 @@
 
 1. Writes a synthetic COLMAP workspace (default 480x640, binary model, dense depth maps) and a synthetic Virtual KITTI 2
    scene (default 375x1242, the release's size, stereo pair), then hard-links copies of them under new names
-   (rendering costs ~1 s a frame, converting ~10 ms), so each format has `frames x copies` frames to convert.
+   (rendering costs seconds a frame, converting tens of ms), so each format has `frames x copies` frames to convert.
 2. Bound: one core reading every frame the way the converter must (JPEG decode + the format's depth reader).
 3. The conversion commands (in this process, as `vggt-train ...` runs them) with --workers 1 and 2, and one run with
    --max-side (re-encodes the JPEGs). The time includes planning, finalising and, for 2 workers, starting them.
 Prints a table and one JSON line.
     python bench/convert_formats_throughput.py [--colmap-size 480x640] [--vkitti-size 375x1242] [--frames 12]
-        [--copies 4] [--workers 1,2] [--max-side 518]
+        [--copies 16] [--workers 1,2] [--max-side 518]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--colmap-size", default="480x640", help="HxW of the COLMAP frames [480x640]")
     p.add_argument("--vkitti-size", default="375x1242", help="HxW of the Virtual KITTI 2 frames [375x1242]")
     p.add_argument("--frames", type=int, default=12, help="rendered frames per format (VKITTI2: split over 2 cameras) [12]")
-    p.add_argument("--copies", type=int, default=4, help="hard-linked copies of the rendered scene to convert [4]")
+    p.add_argument("--copies", type=int, default=16, help="hard-linked copies of the rendered scene to convert [16]")
     p.add_argument("--workers", default="1,2", help="comma list of --workers values to time [1,2]")
     p.add_argument("--max-side", type=int, default=518, help="also time a resizing conversion, 1 worker (0: skip) [518]")
     args = p.parse_args()
