@@ -57,6 +57,12 @@ class ColmapFormat(InputFormat):
             h, w = co3d.target_size(*frames[0].size_hw, opts.max_side)
             image_bytes = os.path.getsize(frames[0].image_path) * (h * w) / float(frames[0].size_hw[0] * frames[0].size_hw[1])
             rows.append((category, name, len(frames), image_bytes + 2 * h * w + 256))
+        depth_dir = opts.inputs.get("depth_dir")
+        if depth_dir is not None and workspaces and all(p["reason"] == "missing_depth_dir" for p in scan.problems) \
+                and len(scan.problems) == len(workspaces):
+            # a mistyped --depth-dir would otherwise give an empty dataset
+            raise ConvertError(f"--depth-dir {depth_dir!r} is not a folder of any workspace under {root} "
+                               f"(looked for {scan.problems[0]['path']})")
         scan.splits[split] = rows
         scan.filtered[split] = filtered
         return scan
@@ -64,8 +70,11 @@ class ColmapFormat(InputFormat):
     def entries(self, opts, plan: dict, split: str, category: str, sequence: str) -> list:
         """The workspace's frames as plain dicts; its model must be the one the plan was made from."""
         root = opts.inputs["input"]
-        workspace = dict(colmap.list_workspaces(root))[sequence]
         try:
+            workspace = dict(colmap.list_workspaces(root)).get(sequence)
+            if workspace is None:
+                raise ConvertError(f"the workspace {sequence!r} of the plan is gone from {root}; restart the "
+                                   "conversion into a new --out")
             for key, path in _model_files(workspace).items():
                 if sha256_file(path) != plan["inputs"].get(f"{sequence}/{key}"):
                     raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")

@@ -62,7 +62,11 @@ class VKitti2Format(InputFormat):
     def entries(self, opts, plan: dict, split: str, category: str, sequence: str) -> list:
         """The sequence's frames as plain dicts; its camera files must be the ones the plan was made from."""
         root = opts.inputs["input"]
-        _name, scene, variation, camera = next(s for s in self._sequences(opts) if s[0] == sequence)
+        found = [s for s in self._sequences(opts) if s[0] == sequence]
+        if not found:
+            raise ConvertError(f"the sequence {sequence!r} of the plan is gone from {root}; restart the conversion "
+                               "into a new --out")
+        _name, scene, variation, camera = found[0]
         for key, path in _txt_files(root, scene, variation).items():
             if sha256_file(path) != plan["inputs"].get(f"{scene}/{variation}/{key}"):
                 raise ConvertError(f"{path} changed since the plan was made; restart the conversion into a new --out")
