@@ -209,4 +209,5 @@ def resolve_split_dir(path: str, split: Optional[str]) -> str:
         if os.path.isfile(os.path.join(c, INDEX_FILE)) or os.path.isfile(os.path.join(c, "state.json")):
             return c
     raise FileNotFoundError(f"no converted split at {os.path.join(path, split) if split else path} (expected {INDEX_FILE} "
-                            f"or a `save_to_disk` state.json; make one with `vggt-train convert-co3d --out {path}`)")
+                            f"or a `save_to_disk` state.json; make one with `vggt-train convert-co3d --out {path}` or "
+                            f"convert-colmap / convert-vkitti2)")
