@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 from vggt_train.data.safe_names import is_plain_name
-from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame
-from vggt_train.data.shards.layout import ConvertError, record, sha256_file
+from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame, scan_sequence
+from vggt_train.data.shards.layout import ConvertError, sha256_file
 from vggt_train.data.sources import co3d, colmap
 
 
@@ -39,24 +39,13 @@ class ColmapFormat(InputFormat):
         split = opts.splits[0]
         rows, filtered = [], {"sequences": 0, "frames": 0}
         for name, workspace in workspaces:
-            try:
+            def read(name=name, workspace=workspace):
                 if not is_plain_name(name):
                     raise colmap.ColmapInputError(workspace, "unsafe_path", f"sequence name {name!r} from the folder")
                 frames = colmap.read_workspace(root, workspace, opts.inputs.get("depth_dir"))
-                for key, path in _model_files(workspace).items():
-                    scan.inputs[f"{name}/{key}"] = sha256_file(path)
-            except colmap.ColmapInputError as exc:
-                if opts.strict:
-                    raise ConvertError(f"{exc} [--strict]") from None
-                scan.problems.append(record(split, category, name, None, exc.path, exc.reason, exc.detail))
-                continue
-            if len(frames) < opts.min_frames:
-                filtered["sequences"] += 1
-                filtered["frames"] += len(frames)
-                continue
-            h, w = co3d.target_size(*frames[0].size_hw, opts.max_side)
-            image_bytes = os.path.getsize(frames[0].image_path) * (h * w) / float(frames[0].size_hw[0] * frames[0].size_hw[1])
-            rows.append((category, name, len(frames), image_bytes + 2 * h * w + 256))
+                return frames, {f"{name}/{key}": path for key, path in _model_files(workspace).items()}
+
+            scan_sequence(scan, opts, split, category, name, read, (colmap.ColmapInputError,), rows, filtered)
         depth_dir = opts.inputs.get("depth_dir")
         if depth_dir is not None and workspaces and all(p["reason"] == "missing_depth_dir" for p in scan.problems) \
                 and len(scan.problems) == len(workspaces):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame
-from vggt_train.data.shards.layout import ConvertError, record, sha256_file
+from vggt_train.data.shards.inputs import InputFormat, Loaded, Scan, build_frame, scan_sequence
+from vggt_train.data.shards.layout import ConvertError, sha256_file
 from vggt_train.data.sources import co3d, vkitti2
 
 
@@ -39,22 +39,11 @@ class VKitti2Format(InputFormat):
         scan = Scan(splits={}, categories=sorted({scene for _n, scene, _v, _c in sequences}), source="vkitti2")
         rows, filtered = [], {"sequences": 0, "frames": 0}
         for name, scene, variation, camera in sequences:
-            try:
+            def read(scene=scene, variation=variation, camera=camera):
                 frames = vkitti2.read_sequence(root, scene, variation, camera)
-                for key, path in _txt_files(root, scene, variation).items():
-                    scan.inputs[f"{scene}/{variation}/{key}"] = sha256_file(path)
-            except vkitti2.VKittiInputError as exc:
-                if opts.strict:
-                    raise ConvertError(f"{exc} [--strict]") from None
-                scan.problems.append(record(split, scene, name, None, exc.path, exc.reason, exc.detail))
-                continue
-            if len(frames) < opts.min_frames:
-                filtered["sequences"] += 1
-                filtered["frames"] += len(frames)
-                continue
-            H, W = frames[0].size_hw
-            h, w = co3d.target_size(H, W, opts.max_side)
-            rows.append((scene, name, len(frames), os.path.getsize(frames[0].image_path) * h * w / (H * W) + 2 * h * w + 256))
+                return frames, {f"{scene}/{variation}/{key}": path for key, path in _txt_files(root, scene, variation).items()}
+
+            scan_sequence(scan, opts, split, scene, name, read, (vkitti2.VKittiInputError,), rows, filtered)
         scan.splits[split] = rows
         scan.filtered[split] = filtered
         return scan

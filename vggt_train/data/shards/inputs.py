@@ -16,11 +16,13 @@ Formats are imported by name on first use, so a conversion worker loads only its
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vggt_train.data.shards.layout import ConvertError, record, sha256_file
 from vggt_train.data.sources import co3d
 
 # format name -> module defining FORMAT (an InputFormat)
@@ -73,6 +75,29 @@ class InputFormat:
 
     def load(self, task: dict, entry: Any, position: int) -> Loaded:
         raise NotImplementedError
+
+
+def scan_sequence(scan: Scan, opts, split: str, category: str, name: str, read: Callable[[], tuple],
+                  errors: Tuple[type, ...], rows: list, filtered: Dict[str, int]) -> None:
+    """Scan one sequence into `rows` / `filtered` / scan.problems. read() -> (frames with image_path and size_hw,
+    {input key: file whose sha256 fixes the plan}); an `errors` exception refuses the sequence (--strict: stops)."""
+    try:
+        frames, inputs = read()
+        for key, path in inputs.items():
+            scan.inputs[key] = sha256_file(path)
+    except errors as exc:
+        if opts.strict:
+            raise ConvertError(f"{exc} [--strict]") from None
+        scan.problems.append(record(split, category, name, None, exc.path, exc.reason, exc.detail))
+        return
+    if len(frames) < opts.min_frames:
+        filtered["sequences"] += 1
+        filtered["frames"] += len(frames)
+        return
+    H, W = frames[0].size_hw
+    h, w = co3d.target_size(H, W, opts.max_side)
+    # stored bytes per frame: the image scaled with its pixel count, float16 depth, the row's other columns
+    rows.append((category, name, len(frames), os.path.getsize(frames[0].image_path) * h * w / (H * W) + 2 * h * w + 256))
 
 
 def get_format(name: str) -> InputFormat:

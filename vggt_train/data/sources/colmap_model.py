@@ -264,17 +264,21 @@ def _text_lines(path: str) -> list[str]:
     return lines
 
 
+def _records(path: str):
+    """(line number, whitespace-split fields) of each non-empty, non-comment line of a one-line-per-record file."""
+    for lineno, line in enumerate(_text_lines(path), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield lineno, line.split()
+
+
 def _parse_error(path: str, lineno: int, exc: Exception) -> ColmapInputError:
     return ColmapInputError(path, "malformed_model", f"line {lineno}: {type(exc).__name__}: {exc}")
 
 
 def _read_cameras_txt(path: str) -> dict:
     cameras = {}
-    for lineno, line in enumerate(_text_lines(path), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        tok = line.split()
+    for lineno, tok in _records(path):
         try:
             if len(tok) < 4:
                 raise ValueError(f"{len(tok)} fields, expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]")
@@ -320,11 +324,7 @@ def _read_images_txt(path: str, points: bool) -> dict:
 
 def _read_points3D_txt(path: str) -> dict:
     pts = {}
-    for lineno, line in enumerate(_text_lines(path), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        tok = line.split()
+    for lineno, tok in _records(path):
         try:
             if len(tok) < 8 or (len(tok) - 8) % 2:
                 raise ValueError("expected POINT3D_ID X Y Z R G B ERROR then (IMAGE_ID, POINT2D_IDX) pairs")
