@@ -129,7 +129,9 @@ def read_one(path: str, target: int) -> InputImage:
             img = decode_rgb(f.read())
         array = np.asarray(img)
         resized_h, resized_w, top, crop_h = resize_geometry(img.height, img.width, target)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+    except UnidentifiedImageError:  # its text names the in-memory buffer, not the file
+        raise ValueError(f"{path}: cannot read the image (not an image format Pillow can decode)") from None
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
     placement = GridPlacement(img.width, img.height, resized_h, resized_w, top, crop_h)
     return InputImage(os.path.basename(path), path, preprocess_image(array, target), placement)

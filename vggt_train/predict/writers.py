@@ -23,7 +23,8 @@ __all__ = ["FORMAT", "cameras_document", "write_cameras_json", "colmap_model", "
 
 FORMAT = "vggt-train predict 1"
 CONVENTIONS = {
-    "extrinsic": "OpenCV camera-from-world [R | t] (x right, y down, z forward), the first camera's frame",
+    "extrinsic": "OpenCV camera-from-world [R | t] (x right, y down, z forward) in the frame the model predicts "
+                 "(the first camera's, for a trained model)",
     "intrinsic": "pinhole K in the original image's pixels, pixel centres at integer coordinates (COLMAP cx = cx + 0.5)",
     "grid": "the model's input grid: the image resized to resized_hw, rows crop_top.. kept, placed at box "
             "(left, top, right, bottom) of the padded grid_hw; grid_intrinsic is K on that grid",
