@@ -249,6 +249,9 @@ def test_the_confidence_percentile_counts_only_the_images_own_pixels():
     assert len(select_points(pred, 0, 10_000).xyz) == 24
     few = select_points(pred, 0, 5)
     assert len(few.xyz) == 5 and np.array_equal(few.u, select_points(pred, 0, 5).u)
+    pred.depth[:] = np.nan  # nothing valid: no point, no threshold (cameras.json writes null)
+    empty = select_points(pred, 50, 10)
+    assert len(empty.xyz) == 0 and empty.candidates == 0 and np.isnan(empty.threshold)
     # unprojection at integer pixel centres: pixel (u, v) at depth 1 through fx = 2, cx = 2 is ((u - 2) / 2, ...)
     np.testing.assert_allclose(cloud.xyz[:, 0], (cloud.u - 2) / 2)
     np.testing.assert_allclose(cloud.xyz[:, 1], (cloud.v - 2) / 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -74,7 +75,7 @@ def _write(options: PredictOptions, pred: Prediction, cloud: PointCloud, device:
     os.makedirs(out, exist_ok=True)
     files, notes = [], []
     meta: Dict = {"options": asdict(options), "device": str(device), "points_from": "depth head, unprojected with "
-                  "the predicted cameras", "conf_value_at_threshold": cloud.threshold, "points": len(cloud.xyz)}
+                  "the predicted cameras", "conf_value_at_threshold": cloud.threshold if math.isfinite(cloud.threshold) else None, "points": len(cloud.xyz)}
     writers.write_cameras_json(writers.cameras_document(pred, meta), os.path.join(out, "cameras.json"))
     files.append("cameras.json")
     sparse = writers.write_colmap(pred, cloud, out)
