@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic-vkitti2": ("vggt_train.data.synthetic_vkitti2_cli", "write synthetic scenes as a Virtual KITTI 2 tree to try convert-vkitti2"),
     "inspect-batch": ("vggt_train.data.inspect_cli", "draw one training batch: PNG grid (image, depth, mask per view) + PLY of its world points"),
     "evaluate": ("vggt_train.evaluation.evaluate_cli", "evaluate checkpoints on a converted Co3D split with the official test protocol (AUC, RRA/RTA, depth); --compare two"),
+    "predict": ("vggt_train.predict.predict_cli", "cameras, depth and a point cloud of your images: cameras.json, a COLMAP text model, depth maps, points.ply, scene.glb"),
     "kernels": ("vggt_train.kernels.kernels_cli", "list kernel backends per op (available, selected); --check compares each with the reference"),
 }
 
