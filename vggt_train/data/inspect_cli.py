@@ -17,6 +17,7 @@ from vggt_train.data.pipeline.sampler import Mixture, StepPlanner
 from vggt_train.data.sources import ShardSource, resolve_split_dir
 from vggt_train.data.sources.mixed import MixedSource
 from vggt_train.errors import CLIError
+from vggt_train.visual import colorize_depth, write_ply
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,18 +64,6 @@ def _build_dataset(args):
         raise CLIError(str(exc).strip("'\"")) from None
 
 
-def _colorize_depth(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[H, W] depth -> [H, W, 3] uint8 (turbo over the valid 2nd-98th percentile; invalid pixels black)."""
-    from matplotlib import colormaps
-
-    out = np.zeros(depth.shape + (3,), np.uint8)
-    if mask.any():
-        lo, hi = np.percentile(depth[mask], [2, 98])
-        t = np.clip((depth - lo) / max(hi - lo, 1e-9), 0, 1)
-        rgb = (colormaps["turbo"](t)[..., :3] * 255).astype(np.uint8)
-        out[mask] = rgb[mask]
-    return out
-
 
 def write_grid(batch: Dict, path: str) -> None:
     """One row per view: image | depth | mask, samples one after the other, each row labelled."""
@@ -93,25 +82,12 @@ def write_grid(batch: Dict, path: str) -> None:
             origin = f"[{source}] " if source else ""
             draw.text((pad, y), f"{origin}{batch['seq_names'][b]} frame {frame} (sample {b}, view {s})", fill=(230, 230, 230))
             y += label_h
-            tiles = [images[b, s], _colorize_depth(depths[b, s], masks[b, s]), np.repeat(masks[b, s][..., None] * 255, 3, -1).astype(np.uint8)]
+            tiles = [images[b, s], colorize_depth(depths[b, s], masks[b, s]), np.repeat(masks[b, s][..., None] * 255, 3, -1).astype(np.uint8)]
             for i, tile in enumerate(tiles):
                 grid.paste(Image.fromarray(tile), (pad + i * (W + pad), y))
             y += H + pad
     grid.save(path)
 
-
-def write_ply(points: np.ndarray, colors: np.ndarray, path: str) -> None:
-    """Binary little-endian PLY of points [N, 3] float32 with colors [N, 3] uint8."""
-    n = len(points)
-    vertex = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    vertex["x"], vertex["y"], vertex["z"] = points[:, 0], points[:, 1], points[:, 2]
-    vertex["red"], vertex["green"], vertex["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    header = ("ply\nformat binary_little_endian 1.0\n"
-              f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(vertex.tobytes())
 
 
 def batch_points(batch: Dict, sample: int, max_points: int, seed: int = 0):

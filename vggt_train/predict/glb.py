@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from vggt_train.predict.infer import PointCloud, Prediction
@@ -13,11 +15,7 @@ FRUSTUM_COLOR = (255, 64, 32, 255)
 
 
 def trimesh_available() -> bool:
-    try:
-        import trimesh  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("trimesh") is not None
 
 
 def frustum_corners(extrinsic: np.ndarray, intrinsic: np.ndarray, width: int, height: int, depth: float) -> np.ndarray:

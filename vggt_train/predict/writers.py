@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 
 from vggt_train.data.sources.colmap_model import Camera, Image, Model, Point3D, rotmat_to_qvec, write_model
 from vggt_train.predict.infer import PointCloud, Prediction
+from vggt_train.visual import colorize_depth, write_ply  # re-exported: part of this module's outputs
 
 __all__ = ["FORMAT", "cameras_document", "write_cameras_json", "colmap_model", "write_maps", "write_ply",
            "copy_images", "colorize_depth"]
@@ -74,17 +75,6 @@ def colmap_model(pred: Prediction, cloud: PointCloud) -> Model:
     return Model(cameras, images, points)
 
 
-def colorize_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """[H, W] depth -> [H, W, 3] uint8: turbo over the valid pixels' 2nd-98th percentile (near = blue), invalid black."""
-    from matplotlib import colormaps
-
-    out = np.zeros(depth.shape + (3,), np.uint8)
-    if valid.any():
-        lo, hi = np.percentile(depth[valid], [2, 98])
-        t = np.clip((depth - lo) / max(hi - lo, 1e-12), 0, 1)
-        out[valid] = (colormaps["turbo"](t[valid])[:, :3] * 255).round().astype(np.uint8)
-    return out
-
 
 def write_maps(pred: Prediction, out_dir: str) -> List[str]:
     """depth/<stem>.npy and .png, conf/<stem>.npy at each original image's resolution; returns the stems."""
@@ -102,20 +92,6 @@ def write_maps(pred: Prediction, out_dir: str) -> List[str]:
         stems.append(stem)
     return stems
 
-
-def write_ply(points: np.ndarray, colors: np.ndarray, path: str) -> None:
-    """Binary little-endian PLY: vertices x y z (float32) red green blue (uchar) of points [N, 3], colors [N, 3]."""
-    vertex = np.empty(len(points), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    for i, axis in enumerate("xyz"):
-        vertex[axis] = points[:, i]
-    for i, channel in enumerate(("red", "green", "blue")):
-        vertex[channel] = colors[:, i]
-    header = ("ply\nformat binary_little_endian 1.0\ncomment written by vggt-train predict\n"
-              f"element vertex {len(vertex)}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(vertex.tobytes())
 
 
 def copy_images(pred: Prediction, out_dir: str) -> None:
