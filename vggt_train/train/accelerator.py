@@ -8,7 +8,7 @@ from typing import Optional
 
 from vggt_train import kernels
 from vggt_train.errors import TrainingError
-from vggt_train.train import paths
+from vggt_train.train import paths, trackers
 from vggt_train.train.config import TrainConfig
 from vggt_train.train.device import DeviceChoice, resolve_device
 
@@ -51,7 +51,7 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
         cpu=device.type == "cpu" and not plugin_kwargs and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         mixed_precision="no",  # we autocast ourselves so the heads can stay in float32 with fp32 master weights
-        log_with="tensorboard",
+        log_with=trackers.accelerate_log_with(cfg.train.log_with, cfg.output_dir),
         project_dir=cfg.output_dir,
         kwargs_handlers=handlers,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from vggt_train.model.config import HEADS
 from vggt_train.model.hub import CheckpointSourceError, parse_hub_ref
 from vggt_train.train import paths
 from vggt_train.train.mix_config import MixEntry, mix_problem
+
+
+LOG_WITH = ("tensorboard", "wandb", "all", "none")  # train.log_with
 
 
 class ConfigError(ValueError):
@@ -102,7 +106,9 @@ class TrainLoopConfig:
     mixed_precision: str = "bf16"  # bf16 | no (autocast; weights and optimizer state stay float32)
     log_every: int = 10
     val_every: int = 0  # 0: no validation
-    val_steps: int = 10
+    val_steps: int = 10  # validation micro-batches in all (the same draw at every validation, split over the ranks)
+    # experiment trackers (accelerate): tensorboard | wandb (pip install .[wandb]) | all (both) | none
+    log_with: str = "tensorboard"
     ckpt_every: int = 500
     keep_last: int = 3
     max_nonfinite_in_row: int = 5
@@ -400,6 +406,9 @@ def validate(c: TrainConfig) -> None:
     need(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
     need(t.ckpt_every >= 0 and t.keep_last >= 1, "train.ckpt_every must be >= 0 and train.keep_last >= 1")
     need(t.max_nonfinite_in_row >= 1, f"train.max_nonfinite_in_row={t.max_nonfinite_in_row} must be >= 1")
+    need(t.log_with in LOG_WITH, f"train.log_with={t.log_with!r}; choose from {', '.join(LOG_WITH)}")
+    need(t.log_with not in ("wandb", "all") or importlib.util.find_spec("wandb") is not None,
+         f"train.log_with={t.log_with} needs the wandb package: pip install 'vggt-train[wandb]' (or train.log_with=tensorboard)")
     need(t.device in DEVICE_CHOICES, f"train.device={t.device!r}; choose from {', '.join(DEVICE_CHOICES)}")
     need(c.deepspeed is None or Path(c.deepspeed).is_file(), f"deepspeed={c.deepspeed!r}: DeepSpeed config file not found")
     need(c.resume in (None, "auto") or Path(c.resume).is_dir(), f"resume={c.resume!r}: use auto or an existing checkpoint directory")

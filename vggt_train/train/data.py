@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from vggt_train.data.pipeline.batch import WorkerBatch
 from vggt_train.data.pipeline.dataset import MultiViewDataset
 from vggt_train.data.pipeline.loader import RankBatchStream, accelerator_present, make_loader
 from vggt_train.data.pipeline.sampler import Mixture, StepPlanner
@@ -19,7 +20,7 @@ from vggt_train.data.sources.mixed import MixedSource
 from vggt_train.train.config import ConfigError, TrainConfig
 from vggt_train.train.mix_config import entry_name
 
-# validation draws from its own stream, fixed across evaluations so successive validation losses compare
+# validation draws from its own stream, fixed across evaluations so successive validation metrics compare
 _VAL_SEED_OFFSET = 1_000_003
 
 
@@ -150,12 +151,26 @@ class TrainData:
         d = self.cfg.data
         return iter(make_loader(stream, num_workers=d.num_workers, prefetch_factor=d.prefetch_factor))
 
-    def val_stream(self, rank: int, world_size: int) -> Optional[Iterator[Dict]]:
-        """The same validation micro-batches at every evaluation (no augmentation), or None without a val split."""
+    def val_draw(self, rank: int, world_size: int) -> Optional[Iterator[Tuple[int, WorkerBatch, bool]]]:
+        """This rank's share of the validation draw, or None without a val split: (index, batch, counted) items.
+
+        The draw is train.val_steps micro-batches, item t being the validation stream's step t as one process
+        draws it (no augmentation): the same at every validation and whatever the number of processes. Rank r
+        takes items r, r + W, ...; every rank yields the same number of items (ceil(val_steps / W)), the last
+        ones possibly repeats with counted=False, so that all ranks run the same forwards (ZeRO-3 needs every
+        rank in each)."""
         if self.val_set is None:
             return None
+        n = self.cfg.train.val_steps
+        stream = RankBatchStream(self.val_set, self.val_planner, 0, 1, 1, 0)
+        rounds = -(-n // world_size)
 
-        return iter(RankBatchStream(self.val_set, self.val_planner, rank, world_size, 1, 0))
+        def items():
+            for k in range(rounds):
+                index = k * world_size + rank
+                yield index, stream.batch(index % n), index < n
+
+        return items()
 
     def advance(self, step: int) -> None:
         self.planner.advance(step)

@@ -23,20 +23,18 @@ from vggt_train import kernels
 from vggt_train.data.pipeline.batch import WorkerBatch
 from vggt_train.data.pipeline.finish import finish_batch
 from vggt_train.errors import TrainingError
-from vggt_train.geometry import pose_encoding_to_extri_intri
 from vggt_train.losses import MultitaskLoss, term_sample_counts
 from vggt_train.model import VGGT, CheckpointMismatchError, load_pretrained, preset_config
 from vggt_train.model.flops import training_flops_per_image
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
 from vggt_train.train import checkpoints, clipping, compat
 from vggt_train.train import data as train_data
-from vggt_train.train import run_info, safe_load
+from vggt_train.train import run_info, safe_load, trackers, val_metrics, visuals
 from vggt_train.train.accelerator import build_accelerator
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import check_placement, resolve_device
-from vggt_train.train.metrics import MetricsLog, device_peak_tflops, relative_pose_errors
+from vggt_train.train.metrics import MetricsLog, device_peak_tflops
 from vggt_train.train.optim import build_optimizer, clip_gradients, freeze_modules, lr_at, param_group_layout, set_lr
-from vggt_train.train.source_losses import source_loss_means, source_loss_sums
 
 # Test hooks (never set them otherwise): simulate a crash after a step, a NaN loss on rank 0 at given steps, or
 # weights turned non-finite after a step (what a checkpoint must then refuse to save).
@@ -94,11 +92,6 @@ def _all_mean(accelerator, value: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a tensor (every rank holds the same shape); one collective for all loss terms."""
     value = value.detach().float().to(accelerator.device)
     return accelerator.reduce(value, reduction="mean") if accelerator.num_processes > 1 else value
-
-
-def _all_sum(accelerator, value: torch.Tensor) -> torch.Tensor:
-    value = value.detach().float().to(accelerator.device)
-    return accelerator.reduce(value, reduction="sum") if accelerator.num_processes > 1 else value
 
 
 def _any_rank(accelerator, flag: bool) -> bool:
@@ -350,44 +343,35 @@ class Trainer:
     # -- validation -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> Optional[Dict[str, float]]:
-        stream = self.data.val_stream(self.accelerator.process_index, self.accelerator.num_processes)
-        if stream is None:
+        """Losses and metrics over the fixed validation draw (val_metrics.py), the same on any number of processes;
+        the trackers get the image of its first sample (visuals.py)."""
+        acc = self.accelerator
+        draw = self.data.val_draw(acc.process_index, acc.num_processes)
+        if draw is None:
             return None
         self.model.eval()
-        sums: Dict[str, float] = {}
-        n = 0
-        sources, per_source, terms = self.data.val_sources, None, []
-        for _, batch in zip(range(self.cfg.train.val_steps), stream):
-            batch = finish_batch(_to_device(batch, self.accelerator.device))
-            with _autocast(self.accelerator.device, self.cfg.train.mixed_precision):
+        records, grid = [], None
+        for index, batch, counted in draw:
+            batch = finish_batch(_to_device(batch, acc.device))
+            with _autocast(acc.device, self.cfg.train.mixed_precision):
                 preds = self.model(batch["images"])
-            losses = self.loss_fn(preds, batch)
-            names = sorted(losses)
-            values = dict(zip(names, _all_mean(self.accelerator, torch.stack([losses[k].float() for k in names])).tolist()))
-            if sources:  # a mixture: each dataset's samples through the loss on their own (source_losses.py)
-                terms = terms or names
-                rows = _all_sum(self.accelerator, source_loss_sums(self.loss_fn, preds, batch, sources, terms))
-                per_source = rows if per_source is None else per_source + rows
-            if "pose_enc" in preds:
-                H, W = batch["images"].shape[-2:]
-                extr, _ = pose_encoding_to_extri_intri(preds["pose_enc"].float(), (H, W))
-                errs = relative_pose_errors(extr, batch["extrinsics"])
-                names = sorted(errs)
-                values.update(zip(names, _all_mean(self.accelerator, torch.tensor([errs[k] for k in names])).tolist()))
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
+            if not counted:  # a repeat, run only so that every rank runs the same forwards
+                continue
+            records.append(val_metrics.score_item(index, self.loss_fn, preds, batch, self.data.val_sources))
+            if index == 0 and trackers.wants_images(acc):
+                grid = visuals.sample_grid(batch, preds)
         self.model.train()
-        if n == 0:
+        out = val_metrics.merge(val_metrics.gather(acc, records), self.data.val_sources)
+        if grid is not None:
+            trackers.log_image(acc, "val/sample", grid, self.state.step)
+        if out is None:
             return None
-        out = {k: v / n for k, v in sums.items()}
-        if per_source is not None:
-            out.update(source_loss_means(per_source, sources, terms))  # logged as val/<source>/<term>
         return {"step": self.state.step, "split": "val", "loss": out.get("objective", float("nan")), **out}
 
     # -- driver -----------------------------------------------------------------------------------------------
     def announce(self) -> dict:
-        """The start-up banner on rank 0 (stdout), run_info.json and TensorBoard's text/hparams; returns the facts."""
+        """The start-up banner on rank 0 (stdout), run_info.json and the trackers' hparams (+ TensorBoard's text);
+        returns the facts."""
         acc = self.accelerator
         warned = run_info.device_warnings(self.device_choice.type, self.cfg.train.device, self.cfg.model.preset)
         info = run_info.collect(self, self.checkpoint.describe() if self.checkpoint else None, self.resumed_from, warned)
@@ -397,11 +381,7 @@ class Trainer:
             for text in info["warnings"]:
                 warnings.warn(text, stacklevel=2)
             run_info.write_json(info, self.cfg.output_dir)
-            acc.init_trackers("tensorboard", config=run_info.flat_hparams(info, to_dict(self.cfg)))
-            tracker = acc.get_tracker("tensorboard", unwrap=True)
-            if hasattr(tracker, "add_text"):
-                tracker.add_text("run_info", "\n".join("    " + line for line in banner.splitlines()), 0)  # indented: verbatim
-                tracker.flush()
+            trackers.start(acc, run_info.flat_hparams(info, to_dict(self.cfg)), banner)
         return info
 
     def fit(self) -> TrainerState:

@@ -1,4 +1,4 @@
-"""Training metrics: the metrics.jsonl log, throughput and MFU, and pose-error metrics for validation."""
+"""Training metrics: the metrics.jsonl log, throughput and MFU (validation metrics: val_metrics.py)."""
 
 from __future__ import annotations
 
@@ -75,37 +75,6 @@ class MetricsLog:
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
-
-
-def _rotation_angle_deg(R: torch.Tensor) -> torch.Tensor:
-    """Angle of rotation matrices [..., 3, 3] in degrees."""
-    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(cos))
-
-
-def relative_pose_errors(pred_extrinsics: torch.Tensor, gt_extrinsics: torch.Tensor) -> Dict[str, float]:
-    """Mean relative rotation and translation-direction angular errors (degrees) over all frame pairs.
-
-    extrinsics [B, S, 3, 4] camera-from-world. For each pair (i, j) the relative pose T_j T_i^-1 of the prediction
-    is compared with the ground truth: rotation angle of R_pred^T R_gt, and the angle between translation
-    directions (scale-free, as in the official evaluation).
-    """
-    def relative(E):
-        R, t = E[..., :3, :3], E[..., :3, 3:]
-        B, S = E.shape[:2]
-        i, j = torch.triu_indices(S, S, offset=1)
-        R_rel = R[:, j] @ R[:, i].transpose(-1, -2)
-        t_rel = t[:, j] - R_rel @ t[:, i]
-        return R_rel, t_rel[..., 0]
-
-    if pred_extrinsics.shape[1] < 2:
-        return {}
-    Rp, tp = relative(pred_extrinsics.double())
-    Rg, tg = relative(gt_extrinsics.double())
-    rot_err = _rotation_angle_deg(Rp.transpose(-1, -2) @ Rg)
-    cos_t = torch.nn.functional.cosine_similarity(tp, tg, dim=-1, eps=1e-12).clamp(-1.0, 1.0)
-    trans_err = torch.rad2deg(torch.acos(cos_t))
-    return {"rel_rot_err_deg": float(rot_err.mean()), "rel_trans_err_deg": float(trans_err.mean())}
 
 
 def finite(x: float) -> bool:

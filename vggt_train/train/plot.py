@@ -1,4 +1,4 @@
-"""A loss plot (PNG) and a short summary of a run's metrics.jsonl (the library of `vggt-train plot-metrics`)."""
+"""A loss plot (PNG, with the validation AUC@30 when logged) and a summary of a run's metrics.jsonl (`vggt-train plot-metrics`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+AUC_KEY = "auc@30"  # the validation pose metric plotted and summarised (train/val_metrics.py)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -38,7 +39,14 @@ def summarize(records: list[dict]) -> dict:
     }
     if val:
         out["first_val_loss"], out["last_val_loss"] = val[0]["loss"], val[-1]["loss"]
+    auc = _auc_records(records)
+    if auc:
+        out["first_val_auc"], out["last_val_auc"] = auc[0][AUC_KEY], auc[-1][AUC_KEY]
     return out
+
+
+def _auc_records(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("split") == "val" and isinstance(r.get(AUC_KEY), (int, float))]
 
 
 def plot(records: list[dict], out: Path) -> None:
@@ -52,7 +60,11 @@ def plot(records: list[dict], out: Path) -> None:
 
     train = [r for r in records if r.get("split") == "train" and numeric(r)]
     val = [r for r in records if r.get("split") == "val" and numeric(r)]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    auc = _auc_records(records)
+    if auc:  # a second panel below the losses, sharing the step axis
+        fig, (ax, ax_auc) = plt.subplots(2, 1, figsize=(7, 6), dpi=120, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.5, label="train loss")
     if len(train) >= 10:
         k = max(5, len(train) // 20)
@@ -60,12 +72,19 @@ def plot(records: list[dict], out: Path) -> None:
         ax.plot([r["step"] for r in train], smooth, lw=2, label=f"train loss (mean of {k})")
     if val:
         ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", lw=2, label="validation loss")
-    ax.set_xlabel("step")
     ax.set_ylabel("objective")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend()
     ax.set_title("VGGT training")
+    if auc:
+        ax_auc.plot([r["step"] for r in auc], [r[AUC_KEY] for r in auc], "o-", lw=2, color="tab:green", label="validation AUC@30")
+        ax_auc.set_ylabel("AUC@30 (%)")
+        ax_auc.grid(True, alpha=0.3)
+        ax_auc.legend()
+        ax_auc.set_xlabel("step")
+    else:
+        ax.set_xlabel("step")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

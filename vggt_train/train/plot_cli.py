@@ -1,4 +1,4 @@
-"""`vggt-train plot-metrics RUN`: the command line of plot.py (a run's loss curve to PNG, and a summary)."""
+"""`vggt-train plot-metrics RUN`: the command line of plot.py (a run's loss curve and validation AUC@30 to PNG, and a summary)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"train loss {summary['first_loss']:.4f} (mean of the first 10 logged steps) -> {summary['last_loss']:.4f} (last 10)")
     if "first_val_loss" in summary:
         print(f"validation loss {summary['first_val_loss']:.4f} -> {summary['last_val_loss']:.4f}")
+    if "first_val_auc" in summary:
+        print(f"validation AUC@30 {summary['first_val_auc']:.2f} -> {summary['last_val_auc']:.2f}")
     print(f"throughput {summary['samples_per_s']:.1f} samples/s, {summary['images_per_s']:.1f} images/s (median)")
     print(f"loss plot: {out}")
     return 0
