@@ -11,22 +11,13 @@ confidence has its own turbo scale (2nd-98th percentile of its logarithm).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
+from vggt_train.visual import turbo
+
 COLUMNS = ("image", "predicted depth", "true depth", "confidence")
-
-
-def _turbo(values: np.ndarray, lo: float, hi: float, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """[H, W] -> [H, W, 3] uint8 through matplotlib's turbo over [lo, hi]; pixels outside `mask` black."""
-    from matplotlib import colormaps
-
-    t = np.clip((values - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    rgb = (colormaps["turbo"](np.nan_to_num(t))[..., :3] * 255).astype(np.uint8)
-    if mask is not None:
-        rgb[~mask] = 0
-    return rgb
 
 
 def _range(values: np.ndarray) -> tuple:
@@ -60,17 +51,17 @@ def sample_grid(batch: Mapping, preds: Mapping, sample: int = 0, max_frames: int
     true_col, pred_col, conf_col = black.copy(), black.copy(), black.copy()
     for f in range(F):
         if gt is not None:
-            true_col[f] = _turbo(gt[f], lo, hi, valid[f])
+            true_col[f] = turbo(gt[f], lo, hi, valid[f])
         if pred is not None:
             scale = 1.0
             if gt is not None and valid[f].any() and np.median(pred[f][valid[f]]) > 0:
                 scale = np.median(gt[f][valid[f]]) / np.median(pred[f][valid[f]])
-            pred_col[f] = _turbo(pred[f] * scale, lo, hi) if gt is not None else _turbo(pred[f], *_range(pred[f]))
+            pred_col[f] = turbo(pred[f] * scale, lo, hi) if gt is not None else turbo(pred[f], *_range(pred[f]))
     if conf is not None:
         log_conf = np.log(np.maximum(conf, 1e-12))
         c_lo, c_hi = _range(log_conf)
         for f in range(F):
-            conf_col[f] = _turbo(log_conf[f], c_lo, c_hi)
+            conf_col[f] = turbo(log_conf[f], c_lo, c_hi)
     tiles = np.concatenate([rows, pred_col, true_col, conf_col], axis=2)  # [F, H, 4W, 3]
     return np.ascontiguousarray(tiles.reshape(F * H, 4 * W, 3))
 
