@@ -48,6 +48,7 @@ from vggt_train.model.flops import training_flops_per_image
 from vggt_train.train import data as train_data
 from vggt_train.train.config import ConfigError, load_config
 from vggt_train.train.loop import Trainer
+from vggt_train.kernels.registry import parse_spec
 from vggt_train.train.metrics import device_peak_tflops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when run from elsewhere or under a launcher
@@ -78,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="train.device (default: accelerator; --smoke: cpu)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled step (no phase breakdown)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny preset, 28 px, 2 views x 2 samples, a few steps")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides (e.g. model.heads_dtype=bfloat16)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="extra config overrides (e.g. model.heads_dtype=bfloat16), before --variants")
     args = p.parse_args(argv)
     smoke = args.smoke
     defaults = {"preset": "tiny" if smoke else "vggt_1b", "frames": 2, "batch": 2 if smoke else 15, "size": 28 if smoke else 518,
@@ -89,6 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.steps < 1 or args.warmup < 0 or args.frames < 1 or args.batch < 1:
         p.error("--steps and --frames and --batch must be >= 1, --warmup >= 0")
+    for spec in args.variants:
+        try:
+            parse_spec("" if spec == "auto" else spec, "--variants")
+        except kernels.KernelError as exc:  # e.g. a config override placed after --variants
+            p.error(f"{exc} (put key=value overrides before --variants)")
     return args
 
 
