@@ -73,6 +73,12 @@ class Aggregator(nn.Module):
             rotary_tables(global_pos, head_dim, self.cfg.rope_freq, dtype),
         )
 
+    def compile_blocks(self, backend: str = "inductor") -> None:
+        """torch.compile every block's forward with `backend`, in place: parameter names and the state dict stay
+        the same, and gradient checkpointing still wraps each (compiled) block."""
+        for block in (*self.frame_blocks, *self.global_blocks):
+            block.forward = torch.compile(block.forward, backend=backend)
+
     def _run_block(self, block: Block, tokens: torch.Tensor, rotary) -> torch.Tensor:
         if self.training and self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, tokens, rotary, use_reentrant=False)

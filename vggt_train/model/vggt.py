@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Optional
 
 import torch
@@ -54,6 +55,9 @@ class VGGT(nn.Module):
         # registration order = the official state-dict order
         for name in ("camera_head", "point_head", "depth_head", "track_head"):
             setattr(self, name, build_head(self.config, name))
+        # False: the heads run in their parameters' dtype (float32) inside an autocast region, as the official model;
+        # True: they compute in the autocast dtype too (model.heads_dtype=bfloat16: faster, less exact)
+        self.heads_autocast = False
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -118,12 +122,15 @@ class VGGT(nn.Module):
             # The heads regress metric-scale geometry: under autocast they run in their parameters' dtype
             # (float32 in mixed-precision training, as in the official model), so a model cast as a whole
             # (e.g. .bfloat16()) gets inputs of its own dtype. One cast per dtype, shared by the heads.
+            if self.heads_autocast:
+                return tokens, images  # autocast picks each op's dtype
             dtype = next(head.parameters()).dtype
             if dtype not in cast:
                 cast[dtype] = ([t.to(dtype) for t in tokens], images.to(dtype))
             return cast[dtype]
 
-        with autocast_off(images.device.type):  # the heads run in float32 inside a bf16/fp16 region
+        # the heads run in float32 inside a bf16/fp16 region unless heads_autocast
+        with contextlib.nullcontext() if self.heads_autocast else autocast_off(images.device.type):
             if self.camera_head is not None:
                 poses = self.camera_head(inputs_for(self.camera_head)[0])
                 out["pose_enc"] = poses[-1]

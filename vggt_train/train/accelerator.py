@@ -6,6 +6,8 @@ import datetime
 import os
 from typing import Optional
 
+import torch
+
 from vggt_train import kernels
 from vggt_train.errors import TrainingError
 from vggt_train.train import paths, trackers
@@ -17,6 +19,10 @@ def _process_group_backend(device_type: Optional[str] = None) -> str:
     """The torch.distributed backend for this device type (default: the one train.device=auto picks here)."""
     device_type = device_type or resolve_device("auto").type
     return {"cuda": "nccl", "npu": kernels.HCCL_BACKEND}.get(device_type, "gloo")  # CPU: not an accelerator's
+
+
+def _torch_release() -> tuple:
+    return tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 
 
 def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: Optional[DeviceChoice] = None):
@@ -62,6 +68,13 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
                             f"own copy. Launch with accelerate launch and a config from accelerate_configs/, or torchrun "
                             f"on a machine with GPUs/NPUs")
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if cfg.train.deepspeed_bf16 and plugin is None:
+        raise TrainingError("train.deepspeed_bf16=true is DeepSpeed's bf16 mode: launch with DeepSpeed (accelerate launch "
+                            "with a config from accelerate_configs/ naming a ds_configs/ file), or set it to false")
+    if cfg.train.deepspeed_bf16 and device.type == "cpu" and _torch_release() < (2, 2):
+        # measured: torch 2.1.2's gloo fails DeepSpeed's first broadcast of bf16 weights ("Invalid scalar type")
+        raise TrainingError(f"train.deepspeed_bf16=true on the CPU needs torch >= 2.2: the gloo backend of torch "
+                            f"{torch.__version__} cannot send bfloat16 tensors (NCCL and HCCL can)")
     if plugin is not None:
         ds = plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = samples_per_rank_nominal
@@ -69,9 +82,10 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
         ds["train_batch_size"] = samples_per_rank_nominal * cfg.train.grad_accum_steps * accelerator.num_processes
         # per_group: DeepSpeed clips nothing itself, clipping.install() clips each group inside its step
         ds["gradient_clipping"] = min(cfg.optim.clip_groups.values()) if cfg.optim.clip_groups and cfg.optim.clip_mode == "global" else 0.0
-        # DeepSpeed must not cast the model: weights stay fp32, activations go bf16 through autocast
-        for key in ("bf16", "fp16"):
-            ds.setdefault(key, {})["enabled"] = False
+        # train.deepspeed_bf16: DeepSpeed casts the model to bf16 and its optimizer keeps float32 master weights;
+        # otherwise it must not cast the model: weights stay fp32, activations go bf16 through autocast
+        ds.setdefault("bf16", {})["enabled"] = cfg.train.deepspeed_bf16
+        ds.setdefault("fp16", {})["enabled"] = False
         ds.setdefault("steps_per_print", 10**9)
         plugin.gradient_accumulation_steps = cfg.train.grad_accum_steps
         from vggt_train.train import compat  # an older torch's gloo lacks collectives ZeRO uses: built from others

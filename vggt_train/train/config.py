@@ -41,6 +41,11 @@ class ModelConfig:
     # heads not built at all; the official fine-tuning trains camera + depth only
     disable_heads: List[str] = field(default_factory=lambda: ["point_head", "track_head"])
     gradient_checkpointing: bool = True
+    # float32: the heads compute in float32 inside the bf16 autocast region (the official recipe); bfloat16: in
+    # the autocast dtype too (faster; weights stay float32). Under train.deepspeed_bf16 every weight is bf16 anyway
+    heads_dtype: str = "float32"
+    # a torch.compile backend (inductor, aot_eager, ...) for every aggregator block; null: not compiled
+    compile_blocks: Optional[str] = None
 
 
 @dataclass
@@ -104,6 +109,9 @@ class TrainLoopConfig:
     seed: int = 42
     grad_accum_steps: int = 1
     mixed_precision: str = "bf16"  # bf16 | no (autocast; weights and optimizer state stay float32)
+    # under DeepSpeed only: its bf16 mode, bf16 weights and gradients with float32 master weights in the
+    # optimizer (less memory and communication; the heads then run in bf16 too). false: float32 weights + autocast
+    deepspeed_bf16: bool = False
     log_every: int = 10
     val_every: int = 0  # 0: no validation
     val_steps: int = 10  # validation micro-batches in all (the same draw at every validation, split over the ranks)
@@ -311,6 +319,17 @@ def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
                 raise ConfigError(paths.not_found("model.checkpoint", c.model.checkpoint, dirs))
 
 
+def compile_backends() -> List[str]:
+    """The torch.compile backends this torch offers (empty where it has no torch.compile)."""
+    import torch  # heavy: only a config that asks for compilation pays for it
+
+    if not hasattr(torch, "compile"):
+        return []
+    from torch._dynamo import list_backends  # part of torch.compile; loaded with it
+
+    return sorted(list_backends(exclude_tags=()))
+
+
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail later (or silently misbehave), naming the field."""
     # torch-heavy modules: imported when a config is validated, so reading one (--print-config) stays light
@@ -336,6 +355,14 @@ def validate(c: TrainConfig) -> None:
         need(False, f"model.frozen={c.model.frozen} without model.checkpoint: the frozen modules would keep their random "
                     f"initialisation for the whole run. Set model.checkpoint (a file, or a Hub repo id such as "
                     f"facebook/VGGT-1B), or model.allow_random_frozen=true if that is what you want")
+    need(c.model.heads_dtype in ("float32", "bfloat16"), f"model.heads_dtype={c.model.heads_dtype!r}; choose float32 or bfloat16")
+    need(c.model.heads_dtype == "float32" or c.train.mixed_precision == "bf16",
+         f"model.heads_dtype=bfloat16 computes the heads in the autocast dtype: it needs train.mixed_precision=bf16, "
+         f"not {c.train.mixed_precision!r}")
+    if c.model.compile_blocks is not None:
+        backends = compile_backends()
+        need(c.model.compile_blocks in backends, f"model.compile_blocks={c.model.compile_blocks!r}: not a torch.compile "
+                                                 f"backend here; choose from {backends} (or null: not compiled)")
     heads = set(HEADS)
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")

@@ -56,7 +56,7 @@ class TrainerState:
 # -- set-up ---------------------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
     """VGGT from the preset, the official weights (`checkpoint`: a local file, default model.checkpoint), frozen
-    modules, checkpointing switch."""
+    modules, checkpointing switch, heads dtype, compiled blocks."""
 
     config = preset_config(cfg.model.preset)
     for head in cfg.model.disable_heads:
@@ -70,6 +70,9 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
             text = " ".join(str(exc).split())
             raise TrainingError(f"model.checkpoint: cannot load {checkpoint}: {text[:2000]}") from None
     model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.heads_autocast = cfg.model.heads_dtype == "bfloat16"
+    if cfg.model.compile_blocks:
+        model.aggregator.compile_blocks(cfg.model.compile_blocks)
     freeze_modules(model, cfg.model.frozen)
     return model
 

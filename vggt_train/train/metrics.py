@@ -13,6 +13,9 @@ import torch
 # Dense bf16/fp16 peak per device, TFLOP/s, for MFU when train.peak_tflops is not set.
 PEAK_TFLOPS = {
     "Ascend910B": 313.0,  # Atlas 800T A2 (910B1/B2 class) fp16/bf16 cube peak
+    # matched in this order against the device name: the PCIe and NVL cards before the SXM figure
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
     "H100": 989.0,
     "H200": 989.0,
     "A100": 312.0,

@@ -52,6 +52,19 @@ def distributed_strategy(accelerator) -> str:
     return "DDP" if accelerator.num_processes > 1 else "none"
 
 
+def _precision(cfg, model) -> str:
+    """What the step computes in: autocast or not, the weights' dtype as the model holds them, the heads' dtype."""
+    if next(model.parameters()).dtype == torch.bfloat16:  # DeepSpeed's bf16 mode cast the model
+        text = "DeepSpeed bf16: bfloat16 weights and gradients, float32 master weights in the optimizer"
+    elif cfg.train.mixed_precision != "no":
+        text = f"{cfg.train.mixed_precision} autocast, float32 weights and optimizer state"
+    else:
+        text = "float32"
+    if cfg.model.heads_dtype != "float32":
+        text += f", heads in {cfg.model.heads_dtype}"
+    return text + (f", aggregator blocks compiled ({cfg.model.compile_blocks})" if cfg.model.compile_blocks else "")
+
+
 def collect(trainer, checkpoint: Optional[str], resumed_from: Optional[str], warnings_: List[str]) -> Dict[str, Any]:
     """The run's facts as plain JSON data (see the module docstring)."""
     cfg, acc, choice = trainer.cfg, trainer.accelerator, trainer.device_choice
@@ -71,8 +84,7 @@ def collect(trainer, checkpoint: Optional[str], resumed_from: Optional[str], war
                    "this_rank": str(acc.device)},
         "distributed": {"accelerate": str(acc.distributed_type).split(".")[-1], "world_size": world,
                         "nodes": max(1, world // max(1, local_world)), "strategy": distributed_strategy(acc)},
-        "precision": (f"{cfg.train.mixed_precision} autocast, float32 weights and optimizer state"
-                      if cfg.train.mixed_precision != "no" else "float32"),
+        "precision": _precision(cfg, model),
         "torch": torch.__version__,
         "parameters": params,
         "kernels": {op: kernels.selected(op, choice.type) for op in kernels.OPS},
