@@ -54,9 +54,30 @@ TABLE_WORKLOADS = [
 ]
 
 
+def _short(s: str) -> str:
+    return "DDP" if s == "ddp" else f"ZeRO-{s[-1]}"
+
+
+def compact_table(records: list) -> None:
+    """One cell per workload x card size x cards: the first of DDP, ZeRO-1, -2, -3 that fits and its GiB per card."""
+    print("\n| workload | card | 1 card | 4 cards | 8 cards |")
+    print("|---|---|---|---|---|")
+    for label, _ in TABLE_WORKLOADS:
+        for gb in (64, 80):
+            cells = []
+            for cards in (1, 4, 8):
+                plans = [r for r in records if r["label"] == label and r["card_gb"] == gb and r["cards"] == cards]
+                fit = next((r for r in plans if r["fits"]), None)
+                if fit:
+                    cells.append(f"{_short(fit['strategy'])}, {fit['per_card_gib']['total']:.1f} GiB")
+                else:
+                    cells.append(f"no (>= {min(r['per_card_gib']['total'] for r in plans):.1f} GiB)")
+            print(f"| {label} | {gb} GB | " + " | ".join(cells) + " |")
+
+
 def plan_table() -> list:
     """The plan of VGGT-1B for TABLE_WORKLOADS on 1 / 4 / 8 cards of 64 and 80 GB: markdown rows + records."""
-    print("| workload | cards | " + " | ".join(s.upper() if s == "ddp" else f"ZeRO-{s[-1]}" for s in STRATEGIES) + " |")
+    print("| workload | cards | " + " | ".join(_short(s) for s in STRATEGIES) + " |")
     print("|---|---|" + "---:|" * len(STRATEGIES))
     records = []
     for label, overrides in TABLE_WORKLOADS:
@@ -67,8 +88,9 @@ def plan_table() -> list:
                 for s in STRATEGIES:
                     p = plan(cfg, cards, gb, s)
                     cells.append(f"{p.total / GIB:.1f} {'fits' if p.fits else '**no**'} (max {p.max_img_per_gpu[s]})")
-                    records.append({"workload": label, "card_gb": gb, "cards": cards, **p.as_json()})
+                    records.append({**p.as_json(), "label": label, "card_gb": gb})
                 print(f"| {label} | {cards} x {gb} GB | " + " | ".join(cells) + " |")
+    compact_table(records)
     return records
 
 

@@ -94,7 +94,7 @@ def _accelerator(device_type: str, processes: int = 1, zero_stage=None):
 
 
 def test_a_plan_that_cannot_fit_is_refused_on_a_card_with_known_memory(monkeypatch):
-    cfg = _cfg("model.preset=vggt_1b", "data.img_nums=[24,24]", "data.max_img_per_gpu=48")
+    cfg = _cfg("model.preset=vggt_1b", "data.img_nums=[2,2]", "data.max_img_per_gpu=96")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=64 * 10**9))
     with pytest.raises(TrainingError) as exc:
         pm.refuse_unfit_plan(cfg, _accelerator("cuda", 8))
