@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vggt_train.train.train_cli", "train or fine-tune VGGT from a YAML config with key=value overrides (accelerate + DeepSpeed)"),
     "export": ("vggt_train.train.export_cli", "consolidate a training checkpoint (DeepSpeed ZeRO shards too) into an official model.pt/.safetensors"),
+    "plan-memory": ("vggt_train.train.plan_memory_cli", "per-card memory of a training config on N cards (weights, grads, optimizer, activations) and the largest batch that fits"),
     "plot-metrics": ("vggt_train.train.plot_cli", "plot a run's loss curve (and validation AUC@30) to PNG and print a summary (first/last loss, AUC, samples/s)"),
     "model-info": ("vggt_train.model.info_cli", "build a VGGT preset, print parameters, one forward/backward with shapes, FLOPs and time"),
     "convert-co3d": ("vggt_train.data.shards.convert_cli", "convert raw Co3D into sharded Arrow datasets (load_from_disk layout), resumable, in parts"),

@@ -125,6 +125,8 @@ class TrainLoopConfig:
     # for and not usable stops the run before any data is read, naming why
     device: str = "auto"
     progress: bool = True
+    # on a GPU/NPU, refuse to start when the memory plan (train/plan_memory.py) does not fit the card
+    check_memory: bool = True
 
 
 @dataclass

@@ -29,7 +29,7 @@ from vggt_train.model.flops import training_flops_per_image
 from vggt_train.model.hub import ResolvedCheckpoint, resolve_checkpoint
 from vggt_train.train import checkpoints, clipping, compat
 from vggt_train.train import data as train_data
-from vggt_train.train import run_info, safe_load, trackers, val_metrics, visuals
+from vggt_train.train import plan_memory, run_info, safe_load, trackers, val_metrics, visuals
 from vggt_train.train.accelerator import build_accelerator
 from vggt_train.train.config import TrainConfig, to_dict
 from vggt_train.train.device import check_placement, resolve_device
@@ -144,6 +144,7 @@ class Trainer:
         self.accelerator = build_accelerator(cfg, self.data.nominal_samples_per_rank(), self.device_choice)
         acc = self.accelerator
         check_placement(self.device_choice, acc.device)
+        plan_memory.refuse_unfit_plan(cfg, acc)  # a card too small fails here, not at the first step's OOM
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, str(self.checkpoint.path) if self.checkpoint else None)
         self.loss_fn = MultitaskLoss(**{k: v for k, v in vars(cfg.loss).items()})
