@@ -327,28 +327,16 @@ def time_variant(trainer, stream, device, spec: str, warmup: int, steps: int, pr
             "peak_mem_gib": peak, "loss_last": losses[-1], "phases_s": phases}
 
 
-def planned_memory_gib(cfg, world_size: int) -> Optional[float]:
-    """The plan-memory prediction of peak device memory (GiB) for this config, where vggt_train.train.plan_memory
-    exists and offers it; None otherwise."""
+def planned_memory_gib(cfg, world_size: int, zero_stage: Optional[int]) -> Optional[float]:
+    """`vggt-train plan-memory`'s per-card prediction (GiB) for this config, or None where it has no fit (e.g. a
+    preset it was not measured for)."""
+    from vggt_train.train import plan_memory
+
+    strategy = "ddp" if not zero_stage else f"zero{zero_stage}"
     try:
-        from vggt_train.train import plan_memory  # written alongside this bench; absent in older checkouts
-    except ImportError:
+        return plan_memory.plan(cfg, cards=world_size, card_gib=1e6, strategy=strategy).total / 2**30
+    except plan_memory.PlanError:
         return None
-    for name in ("predict_peak_gib", "plan_from_config", "plan"):
-        fn = getattr(plan_memory, name, None)
-        if fn is None:
-            continue
-        try:
-            result = fn(cfg, world_size=world_size)
-        except TypeError:
-            continue
-        for key in ("peak_gib", "total_gib"):
-            value = result.get(key) if isinstance(result, dict) else getattr(result, key, None)
-            if value is not None:
-                return float(value)
-        if isinstance(result, (int, float)):
-            return float(result)
-    return None
 
 
 def flops_per_sample(trainer, S: int, size: int) -> float:
@@ -426,7 +414,9 @@ def main(argv=None) -> Dict:
             r["samples_per_s"] = args.batch * acc.num_processes / r["step_s"]
             r["mfu"] = fps * args.batch / r["step_s"] / (peak[0] * 1e12)
             results.append(r)
-        plan_gib = planned_memory_gib(cfg, acc.num_processes)
+        plugin = getattr(acc.state, "deepspeed_plugin", None)
+        stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if plugin is not None else None
+        plan_gib = planned_memory_gib(cfg, acc.num_processes, stage)
         out = None
         if acc.is_main_process:
             out = report(args, cfg, trainer, results, fps, peak, plan_gib)
