@@ -37,6 +37,10 @@ class ModelConfig:
     # heads not built at all; the official fine-tuning trains camera + depth only
     disable_heads: List[str] = field(default_factory=lambda: ["point_head", "track_head"])
     gradient_checkpointing: bool = True
+    # recompute the depth / point heads in backward, head_chunk_frames frames (of all samples together) at a time:
+    # their full-resolution float32 maps are most of a frozen-aggregator step's activations (docs/model.md)
+    head_checkpointing: bool = True
+    head_chunk_frames: int = 4
 
 
 @dataclass
@@ -330,6 +334,7 @@ def validate(c: TrainConfig) -> None:
         need(False, f"model.frozen={c.model.frozen} without model.checkpoint: the frozen modules would keep their random "
                     f"initialisation for the whole run. Set model.checkpoint (a file, or a Hub repo id such as "
                     f"facebook/VGGT-1B), or model.allow_random_frozen=true if that is what you want")
+    need(c.model.head_chunk_frames >= 1, f"model.head_chunk_frames={c.model.head_chunk_frames} must be >= 1")
     heads = set(HEADS)
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")

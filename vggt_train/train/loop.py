@@ -72,6 +72,8 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
             text = " ".join(str(exc).split())
             raise TrainingError(f"model.checkpoint: cannot load {checkpoint}: {text[:2000]}") from None
     model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.head_checkpointing = cfg.model.head_checkpointing
+    model.head_chunk_frames = cfg.model.head_chunk_frames
     freeze_modules(model, cfg.model.frozen)
     return model
 
