@@ -8,8 +8,8 @@ FLOPs of the same step come from torch.utils.flop_counter, so the extra work of 
 
 Workloads: the Ascend reference (aggregator frozen, 15 samples x 2 views at 518 px), the same with 1 sample,
 and full fine-tuning of 1 sample x 24 views (everything trainable, aggregator checkpointing on). Each runs with
-the memory savings off ("before": every aggregator layer kept, heads without checkpointing) and with the
-model's defaults ("after"). Prints a table and one JSON line. Needs torch >= 2.4 (MemTracker); skips otherwise.
+the savings off ("before": every aggregator layer kept, heads and patchifier without checkpointing), then with
+them switched on one after the other (STAGES; the last is the model's defaults). Prints a table and one JSON line. Needs torch >= 2.4 (MemTracker); skips otherwise.
     python bench/activation_cut.py [--workloads reference,reference_1,full_24] [--head-chunk-frames 4]
 """
 
@@ -122,7 +122,16 @@ def _batch(samples: int, views: int, side: int) -> dict:
     }
 
 
-def _step(workload: str, lean: bool, head_chunk_frames: int, mode) -> None:
+# the savings, switched on one after the other: (label, lean_activations, head_checkpointing, patchifier checkpointing)
+STAGES = [
+    ("before", False, False, False),
+    ("+ unread layers dropped, frozen aggregator without graph", True, False, False),
+    ("+ dense heads checkpointed per chunk", True, True, False),
+    ("+ patchifier blocks checkpointed (after)", True, True, True),
+]
+
+
+def _step(workload: str, stage: tuple, head_chunk_frames: int, mode) -> None:
     """One training step of `workload` under FakeTensorMode, inside the context `mode()` (a tracker or a counter)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -138,7 +147,8 @@ def _step(workload: str, lean: bool, head_chunk_frames: int, mode) -> None:
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device="cpu")
         model.aggregator.reset_non_persistent_buffers()
-        model.lean_activations = model.head_checkpointing = lean
+        _, model.lean_activations, model.head_checkpointing, vit_checkpointing = stage
+        model.aggregator.patch_embed.gradient_checkpointing = vit_checkpointing
         model.head_chunk_frames = head_chunk_frames
         if frozen:
             model.aggregator.requires_grad_(False)
@@ -152,7 +162,7 @@ def _step(workload: str, lean: bool, head_chunk_frames: int, mode) -> None:
                 objective.backward()
 
 
-def measure(workload: str, lean: bool, head_chunk_frames: int) -> dict:
+def measure(workload: str, stage: tuple, head_chunk_frames: int) -> dict:
     """Peak activation GiB (activations + backward temporaries at the peak), TFLOP of one training step, and
     where (which module, forward or backward) the peak was reached. Memory and FLOPs are counted in separate
     passes: the FLOP counter's module tracking keeps recomputed tensors alive and would inflate the peak."""
@@ -167,13 +177,13 @@ def measure(workload: str, lean: bool, head_chunk_frames: int) -> dict:
         return trackers[-1]
 
     t0 = time.perf_counter()
-    _step(workload, lean, head_chunk_frames, track)
+    _step(workload, stage, head_chunk_frames, track)
     counters = []
-    _step(workload, lean, head_chunk_frames, lambda model: counters.append(FlopCounterMode(display=False)) or counters[-1])
+    _step(workload, stage, head_chunk_frames, lambda model: counters.append(FlopCounterMode(display=False)) or counters[-1])
     seconds = time.perf_counter() - t0
     dev = next(iter(trackers[0].get_tracker_snapshot("peak").values()))
     act = dev.get("Activation", 0) + dev.get("Temp", 0)
-    return {"workload": workload, "lean": lean, "activation_gib": act / GIB, "peak_in": trackers[0].peak_where,
+    return {"workload": workload, "stage": stage[0], "activation_gib": act / GIB, "peak_in": trackers[0].peak_where,
             "tflop": counters[0].get_total_flops() / 1e12, "count_s": seconds}
 
 
@@ -190,16 +200,16 @@ def main() -> None:
     chunk = args.head_chunk_frames or DEFAULT_HEAD_CHUNK_FRAMES
     rows = []
     for name in args.workloads.split(","):
-        before = measure(name, False, chunk)
-        after = measure(name, True, chunk)
-        rows.append({"workload": name, "before_gib": before["activation_gib"], "after_gib": after["activation_gib"],
-                     "before_tflop": before["tflop"], "after_tflop": after["tflop"],
-                     "extra_flop_fraction": after["tflop"] / before["tflop"] - 1})
+        for stage in STAGES:
+            rows.append(measure(name, stage, chunk))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"peak activation memory of one VGGT-1B training step (bf16 autocast, camera + depth), head_chunk_frames={chunk}")
-    print(f"{'workload':<14}{'before GiB':>12}{'after GiB':>12}{'before TFLOP':>14}{'after TFLOP':>13}{'extra FLOP':>12}")
+    print(f"{'workload':<12}{'stage':<58}{'GiB':>8}{'TFLOP':>9}{'extra FLOP':>12}  peak in")
     for r in rows:
-        print(f"{r['workload']:<14}{r['before_gib']:>12.2f}{r['after_gib']:>12.2f}{r['before_tflop']:>14.2f}"
-              f"{r['after_tflop']:>13.2f}{100 * r['extra_flop_fraction']:>11.1f}%")
+        base = next(b for b in rows if b["workload"] == r["workload"])
+        r["extra_flop_fraction"] = r["tflop"] / base["tflop"] - 1
+        print(f"{r['workload']:<12}{r['stage']:<58}{r['activation_gib']:>8.2f}{r['tflop']:>9.2f}"
+              f"{100 * r['extra_flop_fraction']:>11.1f}%  {r['peak_in']}")
     print(json.dumps({"bench": "activation_cut", "torch": torch.__version__, "head_chunk_frames": chunk, "rows": rows}))
 
 

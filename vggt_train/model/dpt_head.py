@@ -160,7 +160,8 @@ class DPTHead(nn.Module):
 
     def forward(self, aggregated_tokens: List[torch.Tensor], images: torch.Tensor, patch_start_idx: int):
         B, S = images.shape[:2]
-        if self.training and self.checkpointing and torch.is_grad_enabled():
+        # one chunk would hold the same maps in backward as no checkpoint does: recomputing it would gain nothing
+        if self.training and self.checkpointing and torch.is_grad_enabled() and B * S > self.checkpoint_chunk_frames:
             return self._forward_checkpointed(aggregated_tokens, images, patch_start_idx)
         step = self.frames_chunk_size
         if not step or step >= S:
