@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Collection, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,8 @@ class Aggregator(nn.Module):
 
     images [B, S, 3, H, W] in [0, 1] -> (list of depth/aa_block_size*aa_block_size tensors
     [B, S, P, 2C] (frame-attention and global-attention outputs concatenated), patch_start_idx),
-    where P = 1 camera + registers + (H/p)(W/p) patch tokens.
+    where P = 1 camera + registers + (H/p)(W/p) patch tokens. With keep_layers, the other entries are None:
+    a layer no head reads is not concatenated and its tokens are freed as soon as the next block has run.
     """
 
     def __init__(self, cfg: AggregatorConfig, vit: PatchEmbedViTConfig | None = None):
@@ -54,6 +55,17 @@ class Aggregator(nn.Module):
         self.reset_non_persistent_buffers()
         # recomputing block activations in backward trades ~30% more compute for O(depth) less memory
         self.gradient_checkpointing = True
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint the alternating-attention blocks and the ViT patchifier's blocks alike."""
+        self._gradient_checkpointing = bool(enabled)
+        if isinstance(self.patch_embed, DinoViTPatchEmbed):
+            self.patch_embed.gradient_checkpointing = bool(enabled)
 
     def reset_non_persistent_buffers(self, device=None) -> None:
         """(Re)create the buffers no checkpoint holds; load_pretrained calls this for a model built on the meta device."""
@@ -84,7 +96,7 @@ class Aggregator(nn.Module):
             return checkpoint(block, tokens, rotary, use_reentrant=False)
         return block(tokens, rotary)
 
-    def forward(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], int]:
+    def forward(self, images: torch.Tensor, keep_layers: Optional[Collection[int]] = None) -> Tuple[List[Optional[torch.Tensor]], int]:
         B, S, _, H, W = images.shape
         images = (images - self._image_mean) / self._image_std
         # a model cast as a whole (e.g. .bfloat16()) takes [0, 1] float32 images like any other; under autocast
@@ -103,7 +115,9 @@ class Aggregator(nn.Module):
         P = tokens.shape[1]
         frame_rope, global_rope = self._rotary(H // self.patch_size, W // self.patch_size, S, tokens.dtype, tokens.device)
 
-        outputs: List[torch.Tensor] = []
+        n_layers = self.cfg.depth // self.cfg.aa_block_size * self.cfg.aa_block_size
+        keep = set(range(n_layers)) if keep_layers is None else {i % n_layers for i in keep_layers}
+        outputs: List[Optional[torch.Tensor]] = []
         frame_idx = global_idx = 0
         for _ in range(self.cfg.depth // self.cfg.aa_block_size):
             stage: dict[str, List[torch.Tensor]] = {}
@@ -118,5 +132,6 @@ class Aggregator(nn.Module):
                         global_idx += 1
                     stage[kind].append(tokens.reshape(B, S, P, C))
             for i in range(self.cfg.aa_block_size):
-                outputs.append(torch.cat([stage["frame"][i], stage["global"][i]], dim=-1))
+                kept = len(outputs) in keep
+                outputs.append(torch.cat([stage["frame"][i], stage["global"][i]], dim=-1) if kept else None)
         return outputs, self.patch_start_idx

@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vggt_train.model.head_act import activate_head
 
@@ -123,6 +124,10 @@ class DPTHead(nn.Module):
         self.intermediate_layer_idx = list(intermediate_layer_idx)
         # frames are decoded a chunk at a time: the full-resolution maps dominate memory otherwise
         self.frames_chunk_size = frames_chunk_size
+        # in training, decode checkpoint_chunk_frames frames (of all samples) at a time and recompute each chunk in
+        # backward: only one chunk's full-resolution maps are alive instead of the whole batch's
+        self.checkpointing = False
+        self.checkpoint_chunk_frames = 4
         oc = list(out_channels)
         self.norm = nn.LayerNorm(dim_in)
         self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, kernel_size=1) for c in oc)
@@ -154,11 +159,34 @@ class DPTHead(nn.Module):
         self.scratch = scratch
 
     def forward(self, aggregated_tokens: List[torch.Tensor], images: torch.Tensor, patch_start_idx: int):
-        S = images.shape[1]
+        B, S = images.shape[:2]
+        # one chunk would hold the same maps in backward as no checkpoint does: recomputing it would gain nothing
+        if self.training and self.checkpointing and torch.is_grad_enabled() and B * S > self.checkpoint_chunk_frames:
+            return self._forward_checkpointed(aggregated_tokens, images, patch_start_idx)
         step = self.frames_chunk_size
         if not step or step >= S:
             return self._decode(aggregated_tokens, images, patch_start_idx, 0, S)
         parts = [self._decode(aggregated_tokens, images, patch_start_idx, s, min(s + step, S)) for s in range(0, S, step)]
+        return self._join(parts)
+
+    def _forward_checkpointed(self, aggregated_tokens: List[torch.Tensor], images: torch.Tensor, patch_start_idx: int):
+        # every frame is decoded on its own, so the B samples' S frames are one sequence of B * S frames
+        B, S = images.shape[:2]
+        flat_tokens = [None if t is None else t.reshape(1, B * S, *t.shape[2:]) for t in aggregated_tokens]
+        flat_images = images.reshape(1, B * S, *images.shape[2:])
+        step = max(1, self.checkpoint_chunk_frames)
+        parts = [
+            checkpoint(self._decode, flat_tokens, flat_images, patch_start_idx, s, min(s + step, B * S), use_reentrant=False)
+            for s in range(0, B * S, step)
+        ]
+        out = self._join(parts)
+        if self.feature_only:
+            return out.reshape(B, S, *out.shape[2:])
+        return out[0].reshape(B, S, *out[0].shape[2:]), out[1].reshape(B, S, *out[1].shape[2:])
+
+    def _join(self, parts):
+        if len(parts) == 1:
+            return parts[0]
         if self.feature_only:
             return torch.cat(parts, dim=1)
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vggt_train.model.config import PatchEmbedViTConfig
 from vggt_train.model.layers import Block
@@ -51,6 +52,8 @@ class DinoViTPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         # kept only so the released checkpoint loads strictly; masking is a DINOv2 pre-training feature
         self.mask_token = nn.Parameter(torch.zeros(1, dim), requires_grad=False)
+        # set by the aggregator (its gradient_checkpointing): recompute each block in backward when training
+        self.gradient_checkpointing = False
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         if self.register_tokens is not None:
@@ -82,7 +85,8 @@ class DinoViTPatchEmbed(nn.Module):
         x = x + self.position_embedding(h // self.patch_size, w // self.patch_size, x.dtype)
         if self.register_tokens is not None:
             x = torch.cat([x[:, :1], self.register_tokens.expand(n, -1, -1).to(x.dtype), x[:, 1:]], dim=1)
+        recompute = self.training and self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         x = self.norm(x)
         return x[:, 1 + self.num_register_tokens:]

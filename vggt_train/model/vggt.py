@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Set
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,8 @@ from vggt_train.model.config import HEADS, VGGTConfig, config_from_dict, preset_
 from vggt_train.model.dpt_head import DPTHead
 from vggt_train.model.track_head import TrackHead
 
-
+# frames of all samples a DPT head decodes per checkpointed chunk in training (model.head_chunk_frames)
+DEFAULT_HEAD_CHUNK_FRAMES = 4
 
 
 def build_head(config: VGGTConfig, name: str) -> Optional[nn.Module]:
@@ -58,6 +59,11 @@ class VGGT(nn.Module):
         # False: the heads run in their parameters' dtype (float32) inside an autocast region, as the official model;
         # True: they compute in the autocast dtype too (model.heads_dtype=bfloat16: faster, less exact)
         self.heads_autocast = False
+        # keep only the aggregator layers the heads read, cast only those for the heads, and run a frozen
+        # aggregator without building a graph; changes no value (a switch for comparisons)
+        self.lean_activations = True
+        self.head_checkpointing = True
+        self.head_chunk_frames = DEFAULT_HEAD_CHUNK_FRAMES
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -83,6 +89,48 @@ class VGGT(nn.Module):
     def gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute aggregator block activations in backward (on by default; applies in training mode only)."""
         self.aggregator.gradient_checkpointing = bool(enabled)
+
+    @property
+    def head_checkpointing(self) -> bool:
+        return self._head_checkpointing
+
+    @head_checkpointing.setter
+    def head_checkpointing(self, enabled: bool) -> None:
+        """Recompute the dense (depth / point) heads chunk by chunk in backward (training mode only)."""
+        self._head_checkpointing = bool(enabled)
+        for head in self._dense_heads():
+            head.checkpointing = bool(enabled)
+
+    @property
+    def head_chunk_frames(self) -> int:
+        return self._head_chunk_frames
+
+    @head_chunk_frames.setter
+    def head_chunk_frames(self, frames: int) -> None:
+        """Frames (of all samples together) per checkpointed chunk of the dense heads."""
+        if int(frames) < 1:
+            raise ValueError(f"head_chunk_frames must be >= 1, got {frames}")
+        self._head_chunk_frames = int(frames)
+        for head in self._dense_heads():
+            head.checkpoint_chunk_frames = int(frames)
+
+    def _dense_heads(self) -> List[DPTHead]:
+        return [h for h in (self.depth_head, self.point_head) if h is not None]
+
+    def layers_read(self, with_tracks: bool) -> Set[int]:
+        """Indices (non-negative) of the aggregator layers the enabled heads read."""
+        agg = self.config.aggregator
+        n_layers = agg.depth // agg.aa_block_size * agg.aa_block_size
+        read: Set[int] = set()
+        if self.camera_head is not None:
+            read.add(n_layers - 1)
+        heads = self._dense_heads() + ([self.track_head.feature_extractor] if with_tracks and self.track_head is not None else [])
+        for head in heads:
+            read.update(i % n_layers for i in head.intermediate_layer_idx)
+        return read
+
+    def _frozen_aggregator(self, images: torch.Tensor) -> bool:
+        return not images.requires_grad and not any(p.requires_grad for p in self.aggregator.parameters())
 
     # -- forward ------------------------------------------------------------------------------------------------
     def _check_inputs(self, images: torch.Tensor, query_points: Optional[torch.Tensor]):
@@ -114,7 +162,12 @@ class VGGT(nn.Module):
 
     def forward(self, images: torch.Tensor, query_points: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         images, query_points = self._check_inputs(images, query_points)
-        tokens, patch_start_idx = self.aggregator(images)
+        with_tracks = self.track_head is not None and query_points is not None
+        keep = self.layers_read(with_tracks) if self.lean_activations else None
+        # nothing upstream of a frozen aggregator needs a gradient: no graph, no saved tensors
+        no_graph = self.lean_activations and self._frozen_aggregator(images)
+        with torch.no_grad() if no_graph else contextlib.nullcontext():
+            tokens, patch_start_idx = self.aggregator(images, keep_layers=keep)
         out: Dict[str, torch.Tensor] = {}
         cast: Dict[torch.dtype, tuple] = {}
 
@@ -126,7 +179,7 @@ class VGGT(nn.Module):
                 return tokens, images  # autocast picks each op's dtype
             dtype = next(head.parameters()).dtype
             if dtype not in cast:
-                cast[dtype] = ([t.to(dtype) for t in tokens], images.to(dtype))
+                cast[dtype] = ([None if t is None else t.to(dtype) for t in tokens], images.to(dtype))
             return cast[dtype]
 
         # the heads run in float32 inside a bf16/fp16 region unless heads_autocast

@@ -46,6 +46,10 @@ class ModelConfig:
     heads_dtype: str = "float32"
     # a torch.compile backend (inductor, aot_eager, ...) for every aggregator block; null: not compiled
     compile_blocks: Optional[str] = None
+    # recompute the depth / point heads in backward, head_chunk_frames frames (of all samples together) at a time:
+    # their full-resolution float32 maps are most of a frozen-aggregator step's activations (docs/model.md)
+    head_checkpointing: bool = True
+    head_chunk_frames: int = 4
 
 
 @dataclass
@@ -365,6 +369,7 @@ def validate(c: TrainConfig) -> None:
         backends = compile_backends()
         need(c.model.compile_blocks in backends, f"model.compile_blocks={c.model.compile_blocks!r}: not a torch.compile "
                                                  f"backend here; choose from {backends} (or null: not compiled)")
+    need(c.model.head_chunk_frames >= 1, f"model.head_chunk_frames={c.model.head_chunk_frames} must be >= 1")
     heads = set(HEADS)
     bad = sorted(set(c.model.disable_heads) - heads)
     need(not bad, f"model.disable_heads has {bad}; valid: {sorted(heads)}")

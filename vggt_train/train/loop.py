@@ -73,6 +73,8 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
     model.heads_autocast = cfg.model.heads_dtype == "bfloat16"
     if cfg.model.compile_blocks:
         model.aggregator.compile_blocks(cfg.model.compile_blocks)
+    model.head_checkpointing = cfg.model.head_checkpointing
+    model.head_chunk_frames = cfg.model.head_chunk_frames
     freeze_modules(model, cfg.model.frozen)
     return model
 
