@@ -238,7 +238,12 @@ def test_two_processes_give_the_numbers_of_one(data, checkpoints, tmp_path):
     assert result.stdout.count("wrote ") == 1  # only rank 0 reports
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["sequences"] == b["sequences"]
-    assert a["categories"] == b["categories"] and a["mean"] == b["mean"]
+    # the same numbers; the in-process run uses every core, the launched ranks one thread each, so the depth
+    # head's float sums may round differently in their last bits
+    assert a["categories"].keys() == b["categories"].keys()
+    for cat in a["categories"]:
+        assert a["categories"][cat] == pytest.approx(b["categories"][cat], rel=1e-6, abs=1e-9, nan_ok=True), cat
+    assert a["mean"] == pytest.approx(b["mean"], rel=1e-6, abs=1e-9, nan_ok=True)
 
 
 def test_compare_prints_the_difference_per_category(data, checkpoints, tmp_path, capsys):
