@@ -28,6 +28,9 @@ STEPS = 20
 # measured max relative step-loss difference to the default, 20 steps (torch 2.13 CPU): heads in bf16 3.5%,
 # DeepSpeed bf16 1.3%; compiled blocks (aot_eager) 0
 TOLERANCE = {"heads": 0.05, "deepspeed_bf16": 0.05, "compile": 1e-5}
+OLD_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 2)
+if OLD_TORCH:  # torch 2.1's CPU bf16 kernels round differently: measured 7.8 % there
+    TOLERANCE["heads"] = 0.10
 
 
 def _cfg(*extra: str):
@@ -95,6 +98,10 @@ def test_heads_in_bf16_compute_in_bf16_and_train_like_float32_heads(default_loss
 
 
 def test_compiled_blocks_train_like_eager_blocks(default_losses):
+    if OLD_TORCH:  # refused by the config there: a failed compile leaves dynamo state behind
+        with pytest.raises(ConfigError, match="model.compile_blocks='aot_eager' needs torch >= 2.2"):
+            _cfg("model.compile_blocks=aot_eager")
+        pytest.skip(f"torch.compile of the aggregator blocks needs torch >= 2.2 (here {torch.__version__})")
     try:
         losses = _losses("model.compile_blocks=aot_eager")
     except Exception as exc:  # torch.compile is young on older releases; the option stays off by default there

@@ -325,6 +325,13 @@ def _resolve_paths(c: TrainConfig, config_file: Optional[str]) -> None:
                 raise ConfigError(paths.not_found("model.checkpoint", c.model.checkpoint, dirs))
 
 
+def _torch_at_least(major: int, minor: int) -> bool:
+    import torch  # heavy: only a config that asks for compilation pays for it
+
+    found = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return found >= (major, minor)
+
+
 def compile_backends() -> List[str]:
     """The torch.compile backends this torch offers (empty where it has no torch.compile)."""
     import torch  # heavy: only a config that asks for compilation pays for it
@@ -366,6 +373,8 @@ def validate(c: TrainConfig) -> None:
          f"model.heads_dtype=bfloat16 computes the heads in the autocast dtype: it needs train.mixed_precision=bf16, "
          f"not {c.train.mixed_precision!r}")
     if c.model.compile_blocks is not None:
+        need(_torch_at_least(2, 2), f"model.compile_blocks={c.model.compile_blocks!r} needs torch >= 2.2: torch.compile of "
+                                    f"the blocks fails on this torch (FX cannot trace the compiled blocks); set it to null")
         backends = compile_backends()
         need(c.model.compile_blocks in backends, f"model.compile_blocks={c.model.compile_blocks!r}: not a torch.compile "
                                                  f"backend here; choose from {backends} (or null: not compiled)")
