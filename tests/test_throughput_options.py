@@ -29,8 +29,6 @@ STEPS = 20
 # DeepSpeed bf16 1.3%; compiled blocks (aot_eager) 0
 TOLERANCE = {"heads": 0.05, "deepspeed_bf16": 0.05, "compile": 1e-5}
 OLD_TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 2)
-if OLD_TORCH:  # torch 2.1's CPU bf16 kernels round differently: measured 7.8 % there
-    TOLERANCE["heads"] = 0.10
 
 
 def _cfg(*extra: str):
@@ -87,6 +85,10 @@ def test_deepspeed_bf16_without_deepspeed_stops_clearly(tmp_path, monkeypatch):
 
 
 def test_heads_in_bf16_compute_in_bf16_and_train_like_float32_heads(default_losses):
+    if OLD_TORCH:  # refused by the config there: torch 2.1's CPU bf16 kernels missed the bound (7.8 %)
+        with pytest.raises(ConfigError, match="model.heads_dtype=bfloat16 needs torch >= 2.2"):
+            _cfg("model.heads_dtype=bfloat16")
+        pytest.skip(f"bf16 heads need torch >= 2.2 (here {torch.__version__})")
     model = build_model(_cfg("model.heads_dtype=bfloat16")).train()
     seen = []
     model.depth_head.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
