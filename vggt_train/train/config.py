@@ -369,12 +369,12 @@ def validate(c: TrainConfig) -> None:
                     f"initialisation for the whole run. Set model.checkpoint (a file, or a Hub repo id such as "
                     f"facebook/VGGT-1B), or model.allow_random_frozen=true if that is what you want")
     need(c.model.heads_dtype in ("float32", "bfloat16"), f"model.heads_dtype={c.model.heads_dtype!r}; choose float32 or bfloat16")
-    need(c.model.heads_dtype == "float32" or _torch_at_least(2, 2),
-         "model.heads_dtype=bfloat16 needs torch >= 2.2: on older torch the bf16 heads did not train within 5 % of "
-         "float32 heads (measured 7.8 % on torch 2.1); set it to float32")
     need(c.model.heads_dtype == "float32" or c.train.mixed_precision == "bf16",
          f"model.heads_dtype=bfloat16 computes the heads in the autocast dtype: it needs train.mixed_precision=bf16, "
          f"not {c.train.mixed_precision!r}")
+    need(c.model.heads_dtype == "float32" or _torch_at_least(2, 2),
+         "model.heads_dtype=bfloat16 needs torch >= 2.2: on older torch the bf16 heads did not train within 5 % of "
+         "float32 heads (measured 7.8 % on torch 2.1); set it to float32")
     if c.model.compile_blocks is not None:
         need(_torch_at_least(2, 2), f"model.compile_blocks={c.model.compile_blocks!r} needs torch >= 2.2: torch.compile of "
                                     f"the blocks fails on this torch (FX cannot trace the compiled blocks); set it to null")
