@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -327,12 +328,15 @@ def time_variant(trainer, stream, device, spec: str, warmup: int, steps: int, pr
             "peak_mem_gib": peak, "loss_last": losses[-1], "phases_s": phases}
 
 
-def planned_memory_gib(cfg, world_size: int, zero_stage: Optional[int]) -> Optional[float]:
-    """`vggt-train plan-memory`'s per-card prediction (GiB) for this config, or None where it has no fit (e.g. a
-    preset it was not measured for)."""
+def planned_memory_gib(cfg, world_size: int, zero_stage: Optional[int], attention: str = "auto") -> Optional[float]:
+    """`vggt-train plan-memory`'s per-card prediction (GiB) for this config with the attention kernel a variant ran
+    (reference: the score matrices are planned too), or None where it has no fit (e.g. a preset it was not
+    measured for)."""
     from vggt_train.train import plan_memory
 
     strategy = "ddp" if not zero_stage else f"zero{zero_stage}"
+    if attention == "reference":
+        cfg = dataclasses.replace(cfg, kernels={**cfg.kernels, "attention": "reference"})
     try:
         return plan_memory.plan(cfg, cards=world_size, card_gib=1e6, strategy=strategy).total / 2**30
     except plan_memory.PlanError:
@@ -372,11 +376,14 @@ def report(args, cfg, trainer, results: List[Dict], fps: float, peak, plan_gib) 
     print(f"{args.workload} workload: {cfg.model.preset}, {B} samples x {S} views x {args.size} px per card, {world} "
           f"process(es) on {name}, {mp} autocast, frozen={cfg.model.frozen or 'none'}, data={'--data ' + args.data if args.data else 'synthetic (in memory)'}")
     print(f"  model FLOPs per sample {fps / 1e9:.2f} GFLOP; peak {peak_value:.1f} TFLOP/s ({peak_source}); "
-          f"plan-memory prediction: {'n/a' if plan_gib is None else f'{plan_gib:.2f} GiB'}; median of {args.steps} steps")
-    head = f"  {'kernels (VGGT_KERNELS)':24s} {'attention':>9s} {'samples/s':>10s} {'step s':>8s} {'MFU':>7s} {'peak GiB':>9s}"
+          f"median of {args.steps} steps; plan GiB: vggt-train plan-memory's prediction for the variant's attention")
+    head = (f"  {'kernels (VGGT_KERNELS)':24s} {'attention':>9s} {'samples/s':>10s} {'step s':>8s} {'MFU':>7s} {'peak GiB':>9s} "
+            f"{'plan GiB':>9s}")
     print(head)
     for r in results:
-        print(f"  {r['kernels']:24s} {r['attention']:>9s} {r['samples_per_s']:10.2f} {r['step_s']:8.4f} {r['mfu']:7.2%} {r['peak_mem_gib']:9.2f}")
+        planned = "n/a" if r.get("plan_gib") is None else f"{r['plan_gib']:.2f}"
+        print(f"  {r['kernels']:24s} {r['attention']:>9s} {r['samples_per_s']:10.2f} {r['step_s']:8.4f} {r['mfu']:7.2%} "
+              f"{r['peak_mem_gib']:9.2f} {planned:>9s}")
     profiled = [r for r in results if r["phases_s"]]
     if profiled:
         print(f"  phase ms (one profiled step; {'device' if device.type != 'cpu' else 'host'} time; communication overlaps backward)")
@@ -416,6 +423,8 @@ def main(argv=None) -> Dict:
             results.append(r)
         plugin = getattr(acc.state, "deepspeed_plugin", None)
         stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if plugin is not None else None
+        for r in results:
+            r["plan_gib"] = planned_memory_gib(cfg, acc.num_processes, stage, r["attention"])
         plan_gib = planned_memory_gib(cfg, acc.num_processes, stage)
         out = None
         if acc.is_main_process:

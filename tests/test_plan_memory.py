@@ -23,10 +23,12 @@ def _cfg(*overrides):
 
 
 @pytest.mark.skipif(am.unavailable() is not None, reason=str(am.unavailable()))
-@pytest.mark.parametrize("kind,samples,frames", [("full_checkpointed", 1, 4), ("frozen_aggregator", 3, 2)])
+@pytest.mark.parametrize("kind,samples,frames", [("full_checkpointed", 1, 4), ("full_checkpointed", 1, 8),
+                                                 ("frozen_aggregator", 1, 2), ("frozen_aggregator", 3, 2)])
 def test_plan_is_within_15_percent_of_a_real_training_step(kind, samples, frames):
     """The plan (stored fits, analytic states) against a real step on the CPU: the trainer's loss, backward and an
-    AdamW step, every live tensor counted by MemTracker."""
+    AdamW step, every live tensor counted by MemTracker. Both sides of the heads' knee (head_chunk_frames = 4
+    images: all the heads' activations kept up to it, one chunk's at a time beyond)."""
     w = am.workload_of(kind, "tiny", samples, frames, 112)
     step = am.measure(w, fake=False, optimizer_step=True, real_loss=True)
     frozen = ["model.frozen=[aggregator*]", "model.allow_random_frozen=true"] if kind == "frozen_aggregator" else []
@@ -61,6 +63,29 @@ def test_vggt_1b_24_frames_on_4_cards_of_80_gb():
     no_ckpt = pm.plan(_cfg("model.preset=vggt_1b", "data.img_nums=[24,24]", "data.max_img_per_gpu=24",
                            "model.gradient_checkpointing=false"), 4, 80, "zero2")
     assert not no_ckpt.fits
+
+
+def test_unfused_attention_and_the_heads_chunks_change_the_plan():
+    """The plan follows the kernels and the heads' checkpointing of the config, not only its sizes."""
+    base = ["model.preset=vggt_1b", "data.img_nums=[24,24]", "data.max_img_per_gpu=24"]
+    fused = pm.plan(_cfg(*base), 4, 80, "zero2")
+    unfused = pm.plan(_cfg(*base, "kernels.attention=reference"), 4, 80, "zero2")
+    # 24 x 1374 tokens: every global layer's score matrices on top, hundreds of GiB (measured: 205 GiB)
+    assert unfused.activations > 10 * fused.activations and not unfused.fits and unfused.max_img_per_gpu["zero3"] == 0
+    assert not any("not model" in n for n in unfused.notes)
+    # at 2 views the score matrices are small: the plan of the reference workload barely moves
+    ref = ["model.preset=vggt_1b", "model.frozen=[aggregator*]", "model.allow_random_frozen=true", "data.img_nums=[2,2]",
+           "data.max_img_per_gpu=2"]
+    assert pm.plan(_cfg(*ref, "kernels.attention=reference"), 1, 64).activations == pytest.approx(
+        pm.plan(_cfg(*ref), 1, 64).activations, rel=0.05)
+    # heads decoded 24 frames at a time keep them all for backward; without head checkpointing, the same
+    whole = pm.plan(_cfg(*base, "model.head_chunk_frames=24"), 4, 80, "zero2")
+    off = pm.plan(_cfg(*base, "model.head_checkpointing=false"), 4, 80, "zero2")
+    assert whole.activations == off.activations > fused.activations + 5 * GIB
+    assert not fused.notes
+    # a point head doubles the heads' term
+    points = pm.plan(_cfg(*base, "model.disable_heads=[track_head]", "loss.point.weight=1.0"), 4, 80, "zero2")
+    assert points.activations > fused.activations and any("2 dense heads" in n for n in points.notes)
 
 
 def test_cli_json(capsys):

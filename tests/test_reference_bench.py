@@ -38,6 +38,9 @@ def test_smoke_reports_every_variant_with_throughput_mfu_memory_and_phases():
     assert out["frozen"] == ["aggregator*"] and out["data"] == "synthetic" and out["world_size"] == 1
     assert out["flops_per_sample"] > 0 and out["peak_tflops"] > 0 and out["peak_source"]
     assert "plan_memory_gib" in out  # a number where vggt_train.train.plan_memory exists, else null
+    # per variant too: the reference kernel keeps the score matrices, which the plan counts
+    planned = {v["attention"]: v["plan_gib"] for v in out["variants"]}
+    assert planned["reference"] >= planned["cpu"] > 0
     fused, reference = out["variants"]
     # both kernel choices ran in the one process: the CPU's SDPA backend, then the plain reference
     assert (fused["kernels"], fused["attention"]) == ("auto", "cpu")

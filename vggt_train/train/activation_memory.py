@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from vggt_train import kernels
 from vggt_train.losses import MultitaskLoss
 from vggt_train.model import VGGT, preset_config
+from vggt_train.model.vggt import DEFAULT_HEAD_CHUNK_FRAMES
 from vggt_train.train.config import LossConfig
 from vggt_train.train.optim import freeze_modules
 
@@ -57,12 +59,18 @@ class Workload:
     gradient_checkpointing: bool = True
     mixed_precision: str = "bf16"  # bf16 | no
     disable_heads: List[str] = field(default_factory=lambda: ["point_head", "track_head"])
+    head_checkpointing: bool = True
+    head_chunk_frames: int = DEFAULT_HEAD_CHUNK_FRAMES
+    attention: str = "auto"  # the attention kernel: auto (the registry's choice: fused SDPA here) | reference
+
+    def tokens_per_image(self) -> int:
+        """Aggregator tokens of one image: patches + camera + register tokens."""
+        agg = preset_config(self.preset).aggregator
+        return (self.img_size // agg.patch_size) ** 2 + 1 + agg.num_register_tokens
 
     def tokens(self) -> int:
-        """Aggregator tokens of the step: images x (patches + camera + register tokens)."""
-        agg = preset_config(self.preset).aggregator
-        per_image = (self.img_size // agg.patch_size) ** 2 + 1 + agg.num_register_tokens
-        return self.samples * self.frames * per_image
+        """Aggregator tokens of the step: images x tokens_per_image."""
+        return self.samples * self.frames * self.tokens_per_image()
 
 
 @dataclass
@@ -124,6 +132,8 @@ def _build_model(w: Workload, fake_mode=None) -> VGGT:
         with fake_mode:
             model = model.to_empty(device="cpu")
     model.gradient_checkpointing = w.gradient_checkpointing
+    model.head_checkpointing = w.head_checkpointing
+    model.head_chunk_frames = w.head_chunk_frames
     freeze_modules(model, w.frozen)
     return model.train()
 
@@ -167,6 +177,20 @@ def _step(model: VGGT, w: Workload, loss_fn) -> None:
     (loss["objective"] if isinstance(loss, dict) else loss).backward()
 
 
+@contextlib.contextmanager
+def _attention_kernel(name: str):
+    """The workload's attention kernel for the duration of a count; the previous config-level choice after."""
+    if name == "auto":
+        yield
+        return
+    before = {op: backend for op, (backend, source) in kernels.overrides().items() if source == "config"}
+    kernels.configure({**before, "attention": name})
+    try:
+        yield
+    finally:
+        kernels.configure(before)
+
+
 def measure(w: Workload, fake: bool = True, optimizer_step: bool = False, real_loss: bool = False) -> Measurement:
     """Count one training step of workload `w` (fake: shapes only; else really run on the CPU).
 
@@ -187,7 +211,7 @@ def measure(w: Workload, fake: bool = True, optimizer_step: bool = False, real_l
         tracker = _StepTracker()
         tracker.skip_grad_hooks(model)
         tracker.track_external(model)
-        with tracker:
+        with tracker, _attention_kernel(w.attention):
             _step(model, w, loss_fn)
             if optimizer is not None:
                 optimizer.step()
@@ -221,15 +245,104 @@ def workload_of(kind: str, preset: str, samples: int, frames: int, img_size: int
                     gradient_checkpointing=kind != "full")
 
 
-def fit_linear(tokens: List[float], values: List[float]) -> Dict[str, float]:
-    """Least squares values ~ base + per_token * tokens; also the largest relative error over the points.
-    Fused attention (SDPA, flash, NPU fusion attention) keeps no tokens^2 score matrix, so a line fits."""
-    t = torch.tensor(tokens, dtype=torch.float64)
+def score_elements(samples: int, frames: int, tokens_per_image: int) -> Tuple[float, float]:
+    """Elements of the attention score matrices of one layer pair, per head: (global: samples x (frames x tokens per
+    image)^2, frame: samples x frames x tokens per image^2). Attention without a fused kernel
+    (kernels.attention=reference) materialises these and their softmax."""
+    return float(samples) * float(frames * tokens_per_image) ** 2, float(samples * frames) * float(tokens_per_image) ** 2
+
+
+def _heads_term(fit: Dict[str, float], images: int, tokens_per_image: int, chunk_frames: Optional[int]) -> float:
+    # the heads hold n images' activations at their peak: all of them, or one chunk's when decoded chunk by chunk
+    n = images if chunk_frames is None else min(images, chunk_frames)
+    measured_whole = n <= fit.get("chunk_frames", DEFAULT_HEAD_CHUNK_FRAMES)  # as in the fit's own steps
+    per_token = fit["per_head_token"] if measured_whole else fit.get("per_head_token_whole", fit["per_head_token"])
+    return per_token * n * tokens_per_image
+
+
+def predict(fit: Dict[str, float], images: int, tokens_per_image: int, chunk_frames: Optional[int],
+            scores: Tuple[float, float] = (0.0, 0.0)) -> float:
+    """Activation bytes of a step of `images` images (of all samples) of `tokens_per_image` aggregator tokens each
+    (tokens = their product), the dense heads decoded `chunk_frames` images at a time beyond that many
+    (model.head_chunk_frames; None: model.head_checkpointing=false), and, for unfused attention, its score
+    elements (score_elements; zeros for fused attention). Fused attention:
+        base + per_token x tokens + heads
+    heads = the heads' cost of n images' tokens, n = images up to the chunk (all kept for backward), the chunk beyond
+    it (recomputed chunk by chunk, one chunk alive at a time); per_head_token per token while n is at most the
+    fit's own chunk (fit["chunk_frames"]), per_head_token_whole beyond (measured with model.head_checkpointing=false,
+    the heads whole). Unfused: the larger of that and the
+    aggregator's peak with its score matrices, base + per_token x tokens + per_global_score x global +
+    per_frame_score x frame (the score matrices live while the aggregator runs or is recomputed; the heads' peak
+    comes at another time)."""
+    tokens = images * tokens_per_image
+    fused = fit["base"] + fit["per_token"] * tokens + _heads_term(fit, images, tokens_per_image, chunk_frames)
+    if not any(scores):
+        return fused
+    attention = (fit["base"] + fit["per_token"] * tokens + fit.get("per_global_score", 0.0) * scores[0]
+                 + fit.get("per_frame_score", 0.0) * scores[1])
+    return max(fused, attention)
+
+
+def _shape(w: Workload) -> tuple:
+    """predict's (images, tokens_per_image, chunk_frames) of a measured workload."""
+    return w.samples * w.frames, w.tokens_per_image(), w.head_chunk_frames if w.head_checkpointing else None
+
+
+def fit_activations(workloads: List[Workload], values: List[float]) -> Dict[str, float]:
+    """Least squares of `predict`'s fused-attention terms (base, per_token, per_head_token) through steps measured
+    with the heads chunked (the default), and the largest relative error over them. Fused attention (SDPA, flash,
+    NPU fusion attention) keeps no tokens^2 score matrix, so these are lines in tokens with one bend where the
+    heads' chunking starts; the steps must lie on both sides of it, all with the same head_chunk_frames."""
+    chunks = {w.head_chunk_frames for w in workloads}
+    if len(chunks) != 1 or not all(w.head_checkpointing for w in workloads):
+        raise ValueError("fit steps measured with the heads chunked, all with one head_chunk_frames")
+    chunk = chunks.pop()
+    t = torch.tensor([float(w.tokens()) for w in workloads], dtype=torch.float64)
+    below = torch.tensor([float(min(w.samples * w.frames, chunk) * w.tokens_per_image()) for w in workloads],
+                         dtype=torch.float64)
     y = torch.tensor(values, dtype=torch.float64)
-    if len(tokens) < 2 or float(t.max() - t.min()) == 0:
-        raise ValueError("a fit needs at least two distinct token counts")
-    design = torch.stack([torch.ones_like(t), t], dim=1)
+    above = t > below
+    if int(above.sum()) < 1 or len(set(t[~above].tolist())) < 2:
+        raise ValueError("a fit needs three distinct token counts, with at least two up to the heads' chunk "
+                         "(head_chunk_frames images) and one beyond it")
+    design = torch.stack([torch.ones_like(t), t, below], dim=1)
     coef = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)
-    predicted = design @ coef
-    error = float(((predicted - y).abs() / y).max())
-    return {"base": float(coef[0]), "per_token": float(coef[1]), "max_rel_error": error}
+    error = float(((design @ coef - y).abs() / y).max())
+    return {"base": float(coef[0]), "per_token": float(coef[1]), "per_head_token": float(coef[2]),
+            "chunk_frames": chunk, "max_rel_error": error}
+
+
+def fit_whole_heads(fit: Dict[str, float], workloads: List[Workload], values: List[float]) -> Dict[str, float]:
+    """per_head_token_whole, the heads' term of steps with model.head_checkpointing=false beyond the fit's chunk,
+    by least squares of what base + per_token x tokens leaves of them; with its largest relative error."""
+    if any(w.head_checkpointing or w.samples * w.frames <= fit["chunk_frames"] for w in workloads):
+        raise ValueError("whole-heads steps have model.head_checkpointing=false and more images than the fit's chunk")
+    t = torch.tensor([float(w.tokens()) for w in workloads], dtype=torch.float64)
+    y = torch.tensor(values, dtype=torch.float64)
+    rest = y - fit["base"] - fit["per_token"] * t
+    whole = max(0.0, float((rest * t).sum() / (t * t).sum()))
+    error = float(((fit["base"] + fit["per_token"] * t + whole * t - y).abs() / y).max())
+    return {"per_head_token_whole": whole, "whole_heads_max_rel_error": error}
+
+
+def fit_scores(fit: Dict[str, float], workloads: List[Workload], values: List[float]) -> Dict[str, float]:
+    """The unfused-attention terms of `predict` (per_global_score, per_frame_score, >= 0) by least squares, relative
+    to the measurement, over the steps measured with kernels.attention=reference whose peak the score matrices make
+    (above the fused prediction); with the largest relative error of the whole prediction over all those steps."""
+    scores = [score_elements(w.samples, w.frames, w.tokens_per_image()) for w in workloads]
+    rows = [(w, q, y) for w, q, y in zip(workloads, scores, values) if y > 1.01 * predict(fit, *_shape(w))]
+    coef = {"per_global_score": 0.0, "per_frame_score": 0.0}
+    if rows:
+        y = torch.tensor([r[2] for r in rows], dtype=torch.float64)
+        rest = y - torch.tensor([fit["base"] + fit["per_token"] * r[0].tokens() for r in rows], dtype=torch.float64)
+        features = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+        names = list(coef)
+        for keep in ([0, 1], [0], [1]):  # both terms; else the one that stays >= 0
+            design = features[:, keep] / y.unsqueeze(1)
+            solution = torch.linalg.lstsq(design, (rest / y).unsqueeze(1)).solution.squeeze(1)
+            if bool((solution >= 0).all()):
+                coef.update({names[c]: float(v) for c, v in zip(keep, solution)})
+                break
+    whole = {**fit, **coef}
+    error = max(abs(predict(whole, *_shape(w), q) - y) / y for w, q, y in zip(workloads, scores, values))
+    return {**coef, "score_max_rel_error": float(error)}

@@ -1,15 +1,19 @@
 """Per-card memory plan of a training config: model states (analytic), activations (measured fits), buffers.
 
   weights, grads, optimizer  vggt_train.train.memory for the preset's trainable / frozen parameter counts
-  activations                base + per_token x tokens, fitted per preset and workload (aggregator frozen, full
-                             training with / without activation checkpointing) by bench/activation_memory.py from
-                             fake-tensor counts of a bf16 training step; tokens = images per card x (patches + 5)
+  activations                base + per_token x tokens + the dense heads' term (all images' tokens up to
+                             model.head_chunk_frames images, one chunk's beyond) [or, the larger, the aggregator's
+                             score matrices with kernels.attention=reference]; fitted per preset and workload
+                             (aggregator frozen, full training with / without activation checkpointing) by
+                             bench/activation_memory.py from fake-tensor counts of a bf16 training step; tokens =
+                             images per card x (patches + 5) (activation_memory.predict)
   buffers                    model buffers + communication buffers: DDP's gradient buckets (a second copy of the
                              gradients, more than one process), ZeRO's reduce / all-gather buckets (the shipped
                              ds_configs), ZeRO-3's gathered parameters (stage3_max_live_parameters + prefetch)
 A plan fits when the total stays under (1 - headroom) of the card: the allocator's fragmentation, the device
 runtime's own memory and CUDA autocast's float32 layer norms (the fits count the CPU's cast lists) take the rest.
-Images per card are the worst case of the sampler: max over frames S in data.img_nums of (max_img_per_gpu // S) x S.
+Images per card are the worst case of the sampler: the S in data.img_nums whose (max_img_per_gpu // S) samples of
+S frames need the most memory (with unfused attention, more frames per sample cost more at equal images).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 from vggt_train.errors import TrainingError
 from vggt_train.model import VGGT, preset_config
-from vggt_train.train.activation_memory import workload_kind
+from vggt_train.train.activation_memory import predict, score_elements, workload_kind
 from vggt_train.train.config import TrainConfig
 from vggt_train.train.memory import STRATEGIES, model_state_bytes
 
@@ -75,6 +79,19 @@ def tokens_per_image(preset: str, img_size: int, aspect_high: float = 1.0) -> in
 def worst_images(max_img_per_gpu: int, img_nums) -> int:
     """Most images one card gets: the sampler puts max_img_per_gpu // S samples of S frames on a card."""
     return max((max_img_per_gpu // s) * s for s in range(img_nums[0], img_nums[1] + 1))
+
+
+def _largest(fits_at, lowest: int) -> int:
+    """The largest n >= lowest with fits_at(n) (monotone: true up to some n), 0 when not even `lowest` fits."""
+    if not fits_at(lowest):
+        return 0
+    low, high = lowest, 2 * lowest
+    while fits_at(high) and high < 10**7:
+        low, high = high, 2 * high
+    while high - low > 1:  # fits_at(low), not fits_at(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits_at(mid) else (low, mid)
+    return low
 
 
 @dataclass
@@ -140,12 +157,21 @@ def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", h
     per_image = tokens_per_image(m.preset, d.img_size, max(d.aspect_range))
     factor = 1.0 if cfg.train.mixed_precision == "bf16" else FP32_ACTIVATION_FACTOR
     notes = [] if factor == 1.0 else ["train.mixed_precision=no: activations estimated as 2x the bf16 fit"]
-    if any(v == "reference" for k, v in cfg.kernels.items() if k == "attention"):
-        notes.append("kernels.attention=reference keeps the tokens^2 score matrices: not in the fit, expect more")
+    fit = _adjusted(fit, m, notes)
+    unfused = cfg.kernels.get("attention") == "reference"
+    if unfused and "per_global_score" not in fit:
+        notes.append("kernels.attention=reference keeps tokens^2 score matrices, which this preset's fit does not "
+                     "model (measure with bench/activation_memory.py --write): expect more")
+    chunk = m.head_chunk_frames if m.head_checkpointing else None
     model_buffers = 4 * 64  # the image mean / std: a few floats
 
-    def activations(images: int) -> float:
-        return factor * (fit["base"] + fit["per_token"] * images * per_image)
+    def activations(images: int, frames: int) -> float:
+        scores = score_elements(images // frames, frames, per_image) if unfused else (0.0, 0.0)
+        return factor * predict(fit, images, per_image, chunk, scores)
+
+    def worst(max_img: int) -> tuple:  # (activations, images) of the sampler's most demanding batch
+        shapes = [((max_img // f) * f, f) for f in range(d.img_nums[0], d.img_nums[1] + 1) if max_img >= f]
+        return max((activations(i, f), i) for i, f in shapes) if shapes else (0.0, 0)
 
     def states(s: str) -> tuple:
         st = model_state_bytes(trainable, frozen, s, cards, precision)
@@ -155,14 +181,25 @@ def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", h
     best = {}
     for s in STRATEGIES:
         st, buf = states(s)
-        room = usable - st.total - buf - factor * fit["base"]
-        most = int(room // (factor * fit["per_token"] * per_image)) if room > 0 else 0
-        best[s] = most if most >= d.img_nums[1] else 0
-    images = worst_images(d.max_img_per_gpu, d.img_nums)
+        best[s] = _largest(lambda n: st.total + buf + worst(n)[0] <= usable, d.img_nums[1])
+    acts, images = worst(d.max_img_per_gpu)
     st, buf = states(strategy)
     return Plan(strategy=strategy, cards=cards, card_bytes=card_gib * GIB, headroom=headroom, weights=st.weights,
-                grads=st.grads, optimizer=st.optimizer, activations=activations(images), buffers=buf, images=images,
+                grads=st.grads, optimizer=st.optimizer, activations=acts, buffers=buf, images=images,
                 workload=kind, max_img_per_gpu=best, notes=notes)
+
+
+def _adjusted(fit: Dict, m, notes: list) -> Dict:
+    """The fit (measured with the camera and depth heads) for the config's dense heads: their term scaled by how
+    many of depth_head / point_head are enabled (an upper bound for two: their chunks are recomputed one at a time);
+    track_head activations are not in the fits."""
+    dense = sum(h not in m.disable_heads for h in ("depth_head", "point_head"))
+    if "track_head" not in m.disable_heads:
+        notes.append("track_head: its activations are not in the fit (measured with camera + depth heads)")
+    if dense == 1:
+        return fit
+    notes.append(f"{dense} dense heads: their activations scaled from the depth head's fit")
+    return {**fit, "per_head_token": dense * fit["per_head_token"]}
 
 
 def describe(p: Plan, cfg: TrainConfig) -> str:
