@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vggt_train import cli
+from vggt_train import cli, kernels
 from vggt_train.errors import TrainingError
 from vggt_train.train import activation_memory as am
 from vggt_train.train import plan_memory as pm
@@ -131,6 +131,16 @@ def test_a_plan_that_cannot_fit_is_refused_on_a_card_with_known_memory(monkeypat
     pm.refuse_unfit_plan(cfg, _accelerator("cuda", 8))
     small = _cfg("model.preset=vggt_1b", "data.img_nums=[2,2]", "data.max_img_per_gpu=2")
     pm.refuse_unfit_plan(small, _accelerator("cuda", 8, zero_stage=2))  # fits: no error
+    # the attention kernel the run will use, not only the config's: 24 frames fit with a fused kernel, not without
+    long = _cfg("model.preset=vggt_1b", "data.img_nums=[24,24]", "data.max_img_per_gpu=24")
+    pm.refuse_unfit_plan(long, _accelerator("cuda", 1))
+    monkeypatch.setenv(kernels.ENV_VAR, "attention=reference")
+    try:
+        with pytest.raises(TrainingError, match="a fused attention kernel"):
+            pm.refuse_unfit_plan(long, _accelerator("cuda", 1))
+    finally:
+        monkeypatch.delenv(kernels.ENV_VAR)
+        kernels.reset()
 
 
 def test_the_trainer_checks_before_building_the_model(monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ from typing import Dict, Optional
 
 import torch
 
+from vggt_train import kernels
 from vggt_train.errors import TrainingError
 from vggt_train.model import VGGT, preset_config
 from vggt_train.train.activation_memory import predict, score_elements, workload_kind
@@ -111,6 +112,7 @@ class Plan:
     workload: str
     max_img_per_gpu: Dict[str, int] = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    attention: str = "fused"  # fused | reference (its score matrices planned)
 
     @property
     def total(self) -> float:
@@ -138,9 +140,10 @@ def _buffers(strategy: str, cards: int, trainable: int, model_buffers: int) -> f
 
 
 def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", headroom: float = DEFAULT_HEADROOM,
-         fits: Optional[Dict] = None) -> Plan:
+         fits: Optional[Dict] = None, attention: Optional[str] = None) -> Plan:
     """The per-card plan of `cfg` on `cards` cards of `card_gib` GiB under ddp / zero1 / zero2 / zero3, with the
-    largest max_img_per_gpu that fits for every strategy (0: not even one sample)."""
+    largest max_img_per_gpu that fits for every strategy (0: not even one sample). attention: the attention backend
+    the run uses (kernels.selected; "reference" plans its score matrices), default the config's kernels.attention."""
     if strategy not in STRATEGIES:
         raise PlanError(f"strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
     if cards < 1 or not card_gib > 0 or not 0 <= headroom < 1:
@@ -158,7 +161,7 @@ def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", h
     factor = 1.0 if cfg.train.mixed_precision == "bf16" else FP32_ACTIVATION_FACTOR
     notes = [] if factor == 1.0 else ["train.mixed_precision=no: activations estimated as 2x the bf16 fit"]
     fit = _adjusted(fit, m, notes)
-    unfused = cfg.kernels.get("attention") == "reference"
+    unfused = (attention or cfg.kernels.get("attention")) == "reference"
     if unfused and "per_global_score" not in fit:
         notes.append("kernels.attention=reference keeps tokens^2 score matrices, which this preset's fit does not "
                      "model (measure with bench/activation_memory.py --write): expect more")
@@ -186,7 +189,7 @@ def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", h
     st, buf = states(strategy)
     return Plan(strategy=strategy, cards=cards, card_bytes=card_gib * GIB, headroom=headroom, weights=st.weights,
                 grads=st.grads, optimizer=st.optimizer, activations=acts, buffers=buf, images=images,
-                workload=kind, max_img_per_gpu=best, notes=notes)
+                workload=kind, max_img_per_gpu=best, notes=notes, attention="reference" if unfused else "fused")
 
 
 def _adjusted(fit: Dict, m, notes: list) -> Dict:
@@ -209,6 +212,9 @@ def describe(p: Plan, cfg: TrainConfig) -> str:
                 if STRATEGIES.index(s) > STRATEGIES.index(p.strategy) and n >= cfg.data.img_nums[1]]
     if cfg.model.gradient_checkpointing is False and p.workload == "full":
         options.append("model.gradient_checkpointing=true")
+    if p.attention == "reference":
+        options.append("a fused attention kernel (the reference kernel keeps tokens x tokens scores; vggt-train kernels "
+                       "lists the backends)")
     options.append("fewer frames (data.img_nums) or a smaller data.img_size")
     return (f"memory plan does not fit: {p.total / GIB:.1f} GiB per card needed (weights {p.weights / GIB:.1f}, grads "
             f"{p.grads / GIB:.1f}, optimizer {p.optimizer / GIB:.1f}, activations {p.activations / GIB:.1f} for {p.images} "
@@ -238,7 +244,7 @@ def check_before_training(cfg: TrainConfig, device: torch.device, cards: int, ze
         return None
     strategy = "ddp" if not zero_stage else f"zero{zero_stage}"
     try:
-        p = plan(cfg, cards, total / GIB, strategy)
+        p = plan(cfg, cards, total / GIB, strategy, attention=kernels.selected("attention", device.type))
     except PlanError:
         return None  # a preset without fits: nothing to check against
     return None if p.fits else describe(p, cfg)
