@@ -1,12 +1,13 @@
-"""Activation memory of one training step, measured (vggt_train.train.activation_memory), and the per-token fits
-that `vggt-train plan-memory` reads (vggt_train/train/activation_fits.json).
+"""Activation memory of one training step, measured (vggt_train.train.activation_memory), and the fits that
+`vggt-train plan-memory` reads (vggt_train/train/activation_fits.json).
 
 For each preset and workload (aggregator frozen; full training with / without activation checkpointing) it counts
-a step under torch's MemTracker with fake tensors at a few sizes, with the fused attention and with
-kernels.attention=reference, fits activation_memory.predict's terms (lines in tokens bent at the heads' chunk,
-plus the score matrices of unfused attention) and prints the table, the fits (with their largest relative error) and one JSON line. --write merges the fits into
-the data file (regenerate it this way after a model change); --check-real also runs a few small steps for real
-and prints fake vs real.
+a step under torch's MemTracker with fake tensors at a few sizes: with the fused attention, with the heads kept
+whole (model.head_checkpointing=false) and with kernels.attention=reference. It fits activation_memory.predict's
+terms (lines in tokens bent where the heads' chunks start, the whole heads' slope, the score matrices of unfused
+attention) and prints the table, the fits (with their largest relative errors) and one JSON line. --write merges
+the fits into the data file (regenerate it this way after a model change); --rows LOG refits from an earlier
+run's output without counting; --check-real also runs a few small steps for real and prints fake vs real.
     python bench/activation_memory.py [--presets vggt_1b,small,tiny] [--write] [--check-real] [--rows LOG]
 """
 
