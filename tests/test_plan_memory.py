@@ -55,6 +55,14 @@ def test_plan_parts_follow_the_strategy():
         pm.plan(cfg, 8, 80, fits={})
 
 
+def test_deepspeed_bf16_mode_halves_weights_and_gradients_under_zero():
+    base = ["model.preset=vggt_1b", "data.img_nums=[8,8]", "data.max_img_per_gpu=8"]
+    fp32, bf16 = (pm.plan(_cfg(*base, f"train.deepspeed_bf16={v}"), 8, 80, "zero2") for v in ("false", "true"))
+    assert bf16.weights == fp32.weights / 2 and bf16.grads == fp32.grads / 2
+    assert bf16.optimizer == fp32.optimizer  # float32 master weights + Adam m, v either way
+    assert bf16.activations == fp32.activations and any("deepspeed_bf16" in n for n in bf16.notes)
+
+
 def test_vggt_1b_24_frames_on_4_cards_of_80_gb():
     """The README's answer: full fine-tuning, 24 frames per sample, 4 x 80 GB."""
     cfg = _cfg("model.preset=vggt_1b", "data.img_nums=[24,24]", "data.max_img_per_gpu=24")

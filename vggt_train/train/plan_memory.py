@@ -155,11 +155,13 @@ def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", h
         raise PlanError(f"no activation fit for model.preset={m.preset} ({kind}); measure it with "
                         f"python bench/activation_memory.py --presets {m.preset} --write")
     fit = fits[m.preset][kind]
-    precision = "fp32"  # weights and optimizer state stay float32 in this trainer whatever the autocast
     trainable, frozen = param_counts(m.preset, m.disable_heads, m.frozen)
     per_image = tokens_per_image(m.preset, d.img_size, max(d.aspect_range))
     factor = 1.0 if cfg.train.mixed_precision == "bf16" else FP32_ACTIVATION_FACTOR
     notes = [] if factor == 1.0 else ["train.mixed_precision=no: activations estimated as 2x the bf16 fit"]
+    if cfg.train.deepspeed_bf16:
+        notes.append("train.deepspeed_bf16: bf16 weights and gradients under ZeRO (DDP does not run it); activations "
+                     "as measured with float32 weights (their autocast copies included: an upper bound)")
     fit = _adjusted(fit, m, notes)
     unfused = (attention or cfg.kernels.get("attention")) == "reference"
     if unfused and "per_global_score" not in fit:
@@ -177,6 +179,8 @@ def plan(cfg: TrainConfig, cards: int, card_gib: float, strategy: str = "ddp", h
         return max((activations(i, f), i) for i, f in shapes) if shapes else (0.0, 0)
 
     def states(s: str) -> tuple:
+        # float32 weights and gradients (bf16 comes from autocast), or DeepSpeed's bf16 mode under ZeRO
+        precision = "bf16" if cfg.train.deepspeed_bf16 and s != "ddp" else "fp32"
         st = model_state_bytes(trainable, frozen, s, cards, precision)
         return st, _buffers(s, cards, trainable, model_buffers)
 
