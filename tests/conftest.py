@@ -78,6 +78,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_command(cmd: list, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run with captured text output; a command that runs past `timeout` fails the test with the tail
+    of what it printed until then (a hung multi-process launch says where it stopped)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as exc:
+        def tail(stream):
+            text = stream.decode(errors="replace") if isinstance(stream, bytes) else (stream or "")
+            return text[-6000:]
+        pytest.fail(f"timed out after {timeout} s: {' '.join(map(str, cmd))}\n--- stdout ---\n{tail(exc.stdout)}\n"
+                    f"--- stderr ---\n{tail(exc.stderr)}", pytrace=False)
+
+
 def write_accelerate_config(path: Path, ds_config, processes: int, machines: int = 1, rank: int = 0,
                             port: int = 29500) -> Path:
     """An accelerate launch config for `processes` CPU processes per machine under DeepSpeed with `ds_config`."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import free_port, write_accelerate_config
+from conftest import free_port, run_command, write_accelerate_config
 from pipeline_data import tiny_dataset
 from vggt_train.cli import main
 from vggt_train.data.sources.shards import ShardSource, resolve_split_dir
@@ -236,9 +235,8 @@ def test_two_processes_give_the_numbers_of_one(data, checkpoints, tmp_path):
         torch.set_num_threads(threads)
     config = write_accelerate_config(tmp_path / "accel.yaml", REPO / "ds_configs" / "zero2.json", 2, port=free_port())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                             "-m", "vggt_train", *_args(data, checkpoints[0], two)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    result = run_command([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                          "-m", "vggt_train", *_args(data, checkpoints[0], two)], 300, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("wrote ") == 1  # only rank 0 reports
     a, b = json.loads(one.read_text()), json.loads(two.read_text())

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import free_port, write_accelerate_config
+from conftest import free_port, run_command, write_accelerate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 400
@@ -47,7 +47,7 @@ def _accelerate_config(tmp: Path, stage: int, processes: int, machines: int = 1,
 
 def _run(cmd: list, env_extra: dict | None = None, expect_ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    result = run_command(cmd, TIMEOUT, cwd=REPO, env=env)
     if expect_ok and result.returncode != 0:
         raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, cmd))}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
