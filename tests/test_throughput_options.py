@@ -1,6 +1,7 @@
 """Options that raise throughput, each off by default and equivalent to the default recipe within a stated
 tolerance over 20 steps of the tiny preset: DeepSpeed's bf16 mode (train.deepspeed_bf16), heads in bf16
-(model.heads_dtype), compiled aggregator blocks (model.compile_blocks)."""
+(model.heads_dtype), compiled aggregator blocks (model.compile_blocks), a frozen aggregator under
+torch.inference_mode (model.frozen_inference_mode)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,25 @@ def test_heads_in_bf16_compute_in_bf16_and_train_like_float32_heads(default_loss
     assert seen == [torch.bfloat16]  # the default runs them in float32 (tests/test_model_api.py)
     assert next(model.depth_head.parameters()).dtype == torch.float32  # master weights stay float32
     assert _max_rel(_losses("model.heads_dtype=bfloat16"), default_losses) < TOLERANCE["heads"]
+
+
+FROZEN = ("model.frozen=[aggregator*]", "model.allow_random_frozen=true")
+
+
+@pytest.mark.parametrize("heads", ["float32", "bfloat16"])
+def test_frozen_aggregator_under_inference_mode_trains_exactly_like_no_grad(heads):
+    """model.frozen_inference_mode: the frozen aggregator runs under torch.inference_mode (it really does), and the
+    heads train on copies of its outputs: the same 20 step losses bit for bit."""
+    if heads == "bfloat16" and OLD_TORCH:
+        pytest.skip(f"bf16 heads need torch >= 2.2 (here {torch.__version__})")
+    extra = (*FROZEN, f"model.heads_dtype={heads}")
+    model = build_model(_cfg(*extra, "model.frozen_inference_mode=true")).train()
+    modes = []
+    model.aggregator.register_forward_hook(lambda m, i, o: modes.append(torch.is_inference_mode_enabled()))
+    with _autocast(torch.device("cpu"), "bf16"):
+        model(synthetic_batch(1, 2, 28, 28, "cpu")["images"])
+    assert modes == [True]
+    assert _losses(*extra, "model.frozen_inference_mode=true") == _losses(*extra)
 
 
 def test_compiled_blocks_train_like_eager_blocks(default_losses):

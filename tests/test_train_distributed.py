@@ -208,6 +208,19 @@ def test_frozen_aggregator_stays_bitwise_and_a_nan_step_is_skipped(dataset, tmp_
     assert all(torch.isfinite(v).all() for v in after.values())
 
 
+def test_frozen_aggregator_under_inference_mode_with_zero3_trains_exactly_like_no_grad(dataset, tmp_path):
+    """model.frozen_inference_mode under ZeRO-3 (the frozen aggregator's partitioned weights gathered inside
+    torch.inference_mode), two processes: the same losses as torch.no_grad."""
+    losses = []
+    for mode in ("false", "true"):
+        out = tmp_path / mode
+        overrides = _base_overrides(dataset, out) + ["model.frozen=[aggregator*]", "model.allow_random_frozen=true",
+                                                     f"model.frozen_inference_mode={mode}", "train.max_steps=4"]
+        _launch(_accelerate_config(tmp_path, 3, 2, port=free_port()), overrides)
+        losses.append(_losses(out))
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
 def test_zero3_skips_a_nan_step_with_partitioned_parameters(dataset, tmp_path):
     """ZeRO-3 with every parameter partitioned (persistence threshold 0), clipping per group: a NaN step is
     skipped on both ranks, and the steps after it train normally."""

@@ -64,6 +64,8 @@ class VGGT(nn.Module):
         self.lean_activations = True
         self.head_checkpointing = True
         self.head_chunk_frames = DEFAULT_HEAD_CHUNK_FRAMES
+        # a frozen aggregator (lean_activations) runs under torch.inference_mode instead of torch.no_grad
+        self.frozen_inference_mode = False
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -166,20 +168,25 @@ class VGGT(nn.Module):
         keep = self.layers_read(with_tracks) if self.lean_activations else None
         # nothing upstream of a frozen aggregator needs a gradient: no graph, no saved tensors
         no_graph = self.lean_activations and self._frozen_aggregator(images)
-        with torch.no_grad() if no_graph else contextlib.nullcontext():
+        inference = no_graph and self.frozen_inference_mode
+        with torch.inference_mode() if inference else torch.no_grad() if no_graph else contextlib.nullcontext():
             tokens, patch_start_idx = self.aggregator(images, keep_layers=keep)
         out: Dict[str, torch.Tensor] = {}
-        cast: Dict[torch.dtype, tuple] = {}
+        cast: Dict[object, tuple] = {}  # per head dtype (or "autocast"): the heads' inputs
 
         def inputs_for(head: nn.Module):
             # The heads regress metric-scale geometry: under autocast they run in their parameters' dtype
             # (float32 in mixed-precision training, as in the official model), so a model cast as a whole
             # (e.g. .bfloat16()) gets inputs of its own dtype. One cast per dtype, shared by the heads.
-            if self.heads_autocast:
-                return tokens, images  # autocast picks each op's dtype
+            # Inference-mode tokens cannot be saved for the heads' backward: those are copied into normal tensors
+            # (a cast to another dtype is such a copy already).
+            if self.heads_autocast:  # autocast picks each op's dtype
+                if "autocast" not in cast:
+                    cast["autocast"] = ([t.clone() if inference and t is not None else t for t in tokens], images)
+                return cast["autocast"]
             dtype = next(head.parameters()).dtype
             if dtype not in cast:
-                cast[dtype] = ([None if t is None else t.to(dtype) for t in tokens], images.to(dtype))
+                cast[dtype] = ([None if t is None else t.to(dtype, copy=inference) for t in tokens], images.to(dtype))
             return cast[dtype]
 
         # the heads run in float32 inside a bf16/fp16 region unless heads_autocast

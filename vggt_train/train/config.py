@@ -50,6 +50,9 @@ class ModelConfig:
     # their full-resolution float32 maps are most of a frozen-aggregator step's activations (docs/model.md)
     head_checkpointing: bool = True
     head_chunk_frames: int = 4
+    # a frozen aggregator runs without a graph under torch.no_grad; true: under torch.inference_mode (less host
+    # bookkeeping; its outputs are copied into normal tensors where the heads need them)
+    frozen_inference_mode: bool = False
 
 
 @dataclass

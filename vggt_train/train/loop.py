@@ -75,6 +75,7 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[str] = None):
         model.aggregator.compile_blocks(cfg.model.compile_blocks)
     model.head_checkpointing = cfg.model.head_checkpointing
     model.head_chunk_frames = cfg.model.head_chunk_frames
+    model.frozen_inference_mode = cfg.model.frozen_inference_mode
     freeze_modules(model, cfg.model.frozen)
     return model
 
