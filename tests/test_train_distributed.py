@@ -212,11 +212,15 @@ def test_frozen_aggregator_under_inference_mode_with_zero3_trains_exactly_like_n
     """model.frozen_inference_mode under ZeRO-3 (the frozen aggregator's partitioned weights gathered inside
     torch.inference_mode), two processes: the same losses as torch.no_grad."""
     losses = []
+    old_torch = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 2)
     for mode in ("false", "true"):
         out = tmp_path / mode
         overrides = _base_overrides(dataset, out) + ["model.frozen=[aggregator*]", "model.allow_random_frozen=true",
                                                      f"model.frozen_inference_mode={mode}", "train.max_steps=4"]
-        _launch(_accelerate_config(tmp_path, 3, 2, port=free_port()), overrides)
+        result = _launch(_accelerate_config(tmp_path, 3, 2, port=free_port()), overrides, expect_ok=not (old_torch and mode == "true"))
+        if old_torch and mode == "true":  # refused there, with the reason, before the first step
+            assert result.returncode != 0 and "model.frozen_inference_mode=true under ZeRO-3 needs torch >= 2.2" in result.stderr
+            pytest.skip(f"inference mode under ZeRO-3 needs torch >= 2.2 (here {torch.__version__}); it stops clearly")
         losses.append(_losses(out))
     assert len(losses[0]) == 4 and losses[0] == losses[1]
 

@@ -129,6 +129,7 @@ class DistContext:
 
     def close(self) -> None:
         if self._started:
+            tdist.barrier()  # every rank done before any tears the group down (a rank gone early can hang the rest)
             tdist.destroy_process_group()
 
 

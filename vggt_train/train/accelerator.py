@@ -75,6 +75,12 @@ def build_accelerator(cfg: TrainConfig, samples_per_rank_nominal: int, device: O
         # measured: torch 2.1.2's gloo fails DeepSpeed's first broadcast of bf16 weights ("Invalid scalar type")
         raise TrainingError(f"train.deepspeed_bf16=true on the CPU needs torch >= 2.2: the gloo backend of torch "
                             f"{torch.__version__} cannot send bfloat16 tensors (NCCL and HCCL can)")
+    stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if plugin is not None else None
+    if cfg.model.frozen_inference_mode and stage == 3 and _torch_release() < (2, 2):
+        # measured on torch 2.1.2: ZeRO-3 gathers the frozen weights inside inference mode, then updates them in
+        # place outside it, which that torch refuses ("Inplace update to inference tensor outside InferenceMode")
+        raise TrainingError(f"model.frozen_inference_mode=true under ZeRO-3 needs torch >= 2.2 (here {torch.__version__}): "
+                            f"set it to false (the frozen aggregator then runs under torch.no_grad) or use ZeRO-1/2")
     if plugin is not None:
         ds = plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = samples_per_rank_nominal
