@@ -94,6 +94,11 @@ def test_unfused_attention_and_the_heads_chunks_change_the_plan():
     # a point head doubles the heads' term
     points = pm.plan(_cfg(*base, "model.disable_heads=[track_head]", "loss.point.weight=1.0"), 4, 80, "zero2")
     assert points.activations > fused.activations and any("2 dense heads" in n for n in points.notes)
+    # also with both heads kept whole: the whole heads' term (their own slope beyond the fit's chunk) twice
+    points_whole = pm.plan(_cfg(*base, "model.disable_heads=[track_head]", "loss.point.weight=1.0",
+                                "model.head_checkpointing=false"), 4, 80, "zero2")
+    one_head_whole = pm.load_fits()["vggt_1b"]["full_checkpointed"]["per_head_token_whole"] * 24 * 1374
+    assert points_whole.activations - off.activations == pytest.approx(one_head_whole)
 
 
 def test_cli_json(capsys):

@@ -206,7 +206,8 @@ def _adjusted(fit: Dict, m, notes: list) -> Dict:
     if dense == 1:
         return fit
     notes.append(f"{dense} dense heads: their activations scaled from the depth head's fit")
-    return {**fit, "per_head_token": dense * fit["per_head_token"]}
+    heads = {k: dense * fit[k] for k in ("per_head_token", "per_head_token_whole") if k in fit}
+    return {**fit, **heads}
 
 
 def describe(p: Plan, cfg: TrainConfig) -> str:
